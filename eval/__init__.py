@@ -1,0 +1,1 @@
+"""Evaluating trained dictionaries."""

@@ -1,0 +1,67 @@
+"""`saease import ARRAY --out STORE [--labels FILE]`: any array of vectors as a store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saease.errors import SaeaseError
+from saease.store import write_store
+
+SUFFIXES = (".npy", ".pt", ".safetensors")
+
+
+def load_array(path, what: str = "array") -> torch.Tensor:
+    """Read a .npy, .pt or .safetensors file holding one tensor (the first, or "acts")."""
+    path = Path(path)
+    if not path.exists():
+        raise SaeaseError(f"{path}: no such file ({what} as {', '.join(SUFFIXES)} expected)")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if arr.dtype == object:
+                raise ValueError("object array")
+            return torch.from_numpy(np.ascontiguousarray(arr))
+        if path.suffix == ".pt":
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = obj.get("acts", next(iter(obj.values())))
+            return torch.as_tensor(obj)
+        if path.suffix == ".safetensors":
+            import safetensors.torch
+            tensors = safetensors.torch.load_file(str(path))
+            return tensors.get("acts", next(iter(tensors.values())))
+    except SaeaseError:
+        raise
+    except Exception as err:
+        raise SaeaseError(f"{path}: cannot read a numeric {what} ({type(err).__name__}: {err}); "
+                          "expected one rectangular array") from None
+    raise SaeaseError(f"{path}: unsupported file type {path.suffix!r}; expected {', '.join(SUFFIXES)}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("array", help="a .npy, .pt or .safetensors file holding [rows, d_in]")
+    parser.add_argument("--out", required=True, help="store folder to write")
+    parser.add_argument("--labels", help="optional file of one integer label per row (same formats)")
+    parser.add_argument("--shard-rows", type=int, default=65536)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+
+
+def run(args) -> dict:
+    acts = load_array(args.array)
+    if acts.ndim != 2:
+        raise SaeaseError(f"{args.array}: array of shape {tuple(acts.shape)}; expected 2-D [rows, d_in]")
+    if not acts.is_floating_point():
+        acts = acts.float()
+    labels = None
+    if args.labels:
+        labels = load_array(args.labels, "labels")
+        if labels.ndim != 1 or len(labels) != len(acts) or labels.is_floating_point():
+            raise SaeaseError(f"{args.labels}: labels of shape {tuple(labels.shape)} ({labels.dtype}); "
+                              f"expected {len(acts)} integers, one per row of {args.array}")
+    store = write_store(args.out, acts, labels=labels, shard_rows=args.shard_rows, dtype=args.dtype,
+                        source={"imported": str(Path(args.array).resolve())})
+    return {"store": str(store.path), "n": store.n_rows, "d_in": store.d_in, "has_labels": labels is not None}
