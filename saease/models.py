@@ -66,7 +66,9 @@ def load_model(
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own bars report progress; keep errors one line
     folder, tl_name, identity = _resolve(name_or_path)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,

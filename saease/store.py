@@ -28,6 +28,7 @@ FORMAT = "saease.activations/1"
 MANIFEST = "manifest.json"
 CONTEXTS = "contexts.safetensors"
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -68,6 +69,19 @@ def check_finite(acts: torch.Tensor, what: str) -> None:
     if not torch.isfinite(acts).all():
         bad = (~torch.isfinite(acts)).any(dim=-1).nonzero()[:5].flatten().tolist()
         raise SaeaseError(f"{what}: contains NaN or inf (rows {bad}...); only finite values are accepted")
+
+
+def shard_bytes(acts: torch.Tensor, dtype: str, columns: dict[str, torch.Tensor | None]) -> bytes:
+    """One shard file's bytes: "acts" in the store's dtype, int32 per-row columns (int64 labels)."""
+    tensors = {"acts": acts.detach().to("cpu", DTYPES[dtype]).contiguous()}
+    for name, col in columns.items():
+        if col is None:
+            continue
+        if len(col) != len(acts):
+            raise SaeaseError(f"column {name!r} has {len(col)} rows; expected {len(acts)} like acts")
+        col_dtype = torch.int64 if name == "labels" else torch.int32
+        tensors[name] = torch.as_tensor(col).detach().to("cpu", col_dtype).contiguous()
+    return safetensors.torch.save(tensors)
 
 
 class StoreWriter:
@@ -133,15 +147,7 @@ class StoreWriter:
         d_in = self.manifest["d_in"]
         if acts.ndim != 2 or acts.shape[1] != d_in:
             raise SaeaseError(f"shard acts of shape {tuple(acts.shape)}; expected [rows, {d_in}]")
-        tensors = {"acts": acts.detach().to("cpu", DTYPES[self.manifest["dtype"]]).contiguous()}
-        for name, col in columns.items():
-            if col is None:
-                continue
-            if len(col) != len(acts):
-                raise SaeaseError(f"column {name!r} has {len(col)} rows; expected {len(acts)} like acts")
-            dtype = torch.int64 if name == "labels" else torch.int32
-            tensors[name] = torch.as_tensor(col).detach().to("cpu", dtype).contiguous()
-        data = safetensors.torch.save(tensors)
+        data = shard_bytes(acts, self.manifest["dtype"], columns)
         name = f"{self.shard_prefix}-{self.n_shards:05d}.safetensors"
         atomic_write_bytes(self.path / name, data)
         entry = {"file": name, "rows": int(len(acts)), "sha256": hashlib.sha256(data).hexdigest()}

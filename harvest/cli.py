@@ -1,0 +1,25 @@
+"""`saease harvest`: the HarvestConfig dataclass is the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+from harvest.config import HarvestConfig
+
+Config = HarvestConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from saease.cli import dataclass_args
+
+    parser.epilog = ("On several GPUs: torchrun --nproc_per_node N --no-python saease harvest ... "
+                     "(each rank writes its share of the shards into the same store).")
+    dataclass_args(parser, HarvestConfig)
+
+
+def run(args) -> dict | None:
+    from harvest.loop import run_harvest
+    from saease.cli import dataclass_from_args
+
+    cfg = args if isinstance(args, HarvestConfig) else dataclass_from_args(HarvestConfig, args)
+    return run_harvest(cfg)

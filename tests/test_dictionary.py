@@ -1,0 +1,135 @@
+"""The five dictionary kinds: loss terms against hand computation, encode/decode, save/load."""
+
+import math
+
+import pytest
+import torch
+
+from saease import Dictionary, DictionaryConfig, SaeaseError
+from saease.dictionary import KINDS, gaussian_nll, kl_divergence
+
+
+def make(kind, **kw):
+    torch.manual_seed(0)
+    cfg = dict(kind=kind, d_in=6, d_latent=5, k=2 if kind == "sae-topk" else None, lambda1=0.3, lambda2=0.2)
+    cfg.update(kw)
+    return Dictionary(DictionaryConfig(**cfg))
+
+
+def test_kl_and_nll_match_hand_computation():
+    mu, var = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.25, 1.0]])
+    hand = 0.5 * ((0.25 + 0.25 - math.log(0.25) - 1) + (1 + 1 - 0 - 1))
+    assert kl_divergence(mu, var).item() == pytest.approx(hand)
+    nll = gaussian_nll(torch.tensor([2.0]), torch.tensor(0.5), d=3).item()
+    assert nll == pytest.approx(2.0 / 1.0 + 1.5 * math.log(2 * math.pi * 0.5))
+
+
+@pytest.mark.parametrize("kind", ["sae-l1", "sae-log", "sae-topk"])
+def test_sae_loss_terms_by_hand(kind):
+    d = make(kind)
+    x = torch.randn(4, 6)
+    terms = d.loss(x)
+    pre = x @ d.W_enc + d.b_enc
+    z = torch.relu(pre)
+    if kind == "sae-topk":
+        keep = z.topk(2, dim=-1).indices
+        z = torch.zeros_like(z).scatter(-1, keep, z.gather(-1, keep))
+    mse = ((z @ d.W_dec + d.b_dec - x) ** 2).sum(-1).mean()
+    assert terms["mse"].item() == pytest.approx(mse.item(), rel=1e-5)
+    if kind == "sae-topk":
+        assert terms["loss"].item() == pytest.approx(mse.item(), rel=1e-5)
+        return
+    penalty = z.abs().sum(-1) if kind == "sae-l1" else torch.log(z.abs() + 1e-4).sum(-1)
+    expected = mse + 0.3 * penalty.mean() + 0.2 * (d.W_dec ** 2).sum()
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["vae", "vaease"])
+def test_vae_loss_terms_by_hand(kind):
+    d = make(kind, gamma="learned", log_gamma_init=-1.0)
+    x = torch.randn(4, 6)
+    gen = torch.Generator().manual_seed(3)
+    terms = d.loss(x, generator=gen)
+    eps = torch.randn(4, 5, generator=torch.Generator().manual_seed(3))
+    mu = torch.relu(x @ d.W_enc + d.b_enc)
+    var = torch.sigmoid(x @ d.W_sig + d.b_sig).clamp_min(1e-7)
+    z = mu + var.sqrt() * eps
+    if kind == "vaease":
+        z = (1 - var.sqrt()) * z
+    sq = ((z @ d.W_dec + d.b_dec - x) ** 2).sum(-1)
+    gamma = math.exp(-1.0) + d.cfg.gamma_floor
+    nll = (sq / (2 * gamma) + 3 * math.log(2 * math.pi * gamma)).mean()
+    kl = (0.5 * (mu ** 2 + var - var.log() - 1).sum(-1)).mean()
+    assert terms["loss"].item() == pytest.approx((nll + kl).item(), rel=1e-5)
+    assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+
+
+def test_optimal_gamma_is_the_batch_mse_per_coordinate_with_a_floor():
+    d = make("vaease")
+    sq = torch.tensor([6.0, 12.0])
+    assert d.gamma(sq).item() == pytest.approx(9.0 / 6)
+    assert d.gamma(torch.zeros(2)).item() == pytest.approx(d.cfg.gamma_floor)
+
+
+def test_deterministic_codes():
+    x = torch.randn(3, 6)
+    vaease = make("vaease")
+    enc = vaease.encoder_output(x)
+    assert torch.allclose(vaease.encode(x), (1 - enc.var.sqrt()) * enc.mu)
+    vae = make("vae")
+    assert torch.allclose(vae.encode(x), vae.encoder_output(x).mu)
+    topk = make("sae-topk")
+    assert ((topk.encode(x) != 0).sum(-1) <= 2).all()
+    assert torch.equal(make("sae-l1").encode(x), torch.relu(x @ make("sae-l1").W_enc + make("sae-l1").b_enc))
+
+
+def test_input_scale_is_undone_by_decode():
+    d = make("sae-l1", input_scale=4.0)
+    x = torch.randn(3, 6)
+    assert torch.allclose(d(x), (torch.relu(4 * x @ d.W_enc + d.b_enc) @ d.W_dec + d.b_dec) / 4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("encoder", ["text", "authors"])
+def test_save_load_round_trip_is_bit_exact(tmp_path, kind, encoder):
+    if encoder == "authors" and kind not in ("vae", "vaease"):
+        with pytest.raises(SaeaseError, match="authors"):
+            make(kind, encoder=encoder)
+        return
+    d = make(kind, encoder=encoder, encoder_layers=2)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(torch.randn_like(p))
+    d.save(tmp_path / "d")
+    loaded = Dictionary.load(tmp_path / "d")
+    for (name, a), (_, b) in zip(d.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = torch.randn(5, 6)
+    assert torch.equal(d.encode(x), loaded.encode(x))
+    assert loaded.cfg == d.cfg
+
+
+def test_load_refuses_other_formats(tmp_path):
+    make("vae").save(tmp_path / "d")
+    cfg = (tmp_path / "d" / "config.json")
+    cfg.write_text(cfg.read_text().replace("saease.dictionary/1", "saease.dictionary/9"))
+    with pytest.raises(SaeaseError, match="saease.dictionary/9.*expected 'saease.dictionary/1'"):
+        Dictionary.load(tmp_path / "d")
+    with pytest.raises(SaeaseError, match="not a saease dictionary"):
+        Dictionary.load(tmp_path)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text("{not json")
+    with pytest.raises(SaeaseError, match="not valid JSON"):
+        Dictionary.load(tmp_path / "x")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(kind="sparse"), "unknown kind 'sparse'; choose from vaease, vae, sae-l1, sae-log, sae-topk"),
+    (dict(kind="sae-topk", k=None), "needs --k"),
+    (dict(kind="sae-l1", encoder="authors"), "encoder 'authors' applies to vae/vaease"),
+    (dict(kind="vae", gamma="fixed"), "unknown gamma mode"),
+    (dict(kind="vae", d_latent=0), "d-latent must be a positive integer"),
+])
+def test_bad_configs(bad, match):
+    with pytest.raises(SaeaseError, match=match):
+        DictionaryConfig(**{"d_in": 4, "d_latent": 3, **bad})
