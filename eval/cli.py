@@ -1,43 +1,154 @@
-"""`saease eval DICT [--data STORE]`: RE, AD, per-label AD, L0, explained variance, dead latents.
+"""`saease eval DICT [DICT ...] [--data STORE] [--out REPORT]`: RE, AD and the rest, the
+latent masking curve, top activating tokens per feature, and loss recovered.
 
-By default the metrics are computed on the rows the dictionary held out in training when
-`--data` is its training store (or is not given), and on every row of any other store.
+Metrics are computed on the rows a dictionary held out in training when `--data` is its
+training store (or is not given), and on every row of any other store (`--all-rows`: always
+every row). With `--out REPORT` the report is written there:
+
+    REPORT/masking.csv, masking.png      the masking curves, every dictionary on one plot
+    REPORT/features.json, features.html  top-n examples, density, histogram per latent
+                                         (REPORT/<name>/features.* for each of several)
+    REPORT/summary.json                  the printed summary
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.evaluator import Evaluation, Options, add_loss, evaluate_store, feature_report, store_tokenizer
+from eval.html import write_html
+from eval.plots import plot_masking, write_masking_csv
+from eval.stream import Notes, open_store, training_store
+from saease.cli import dataclass_args, dataclass_from_args
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
-from saease.metrics import evaluate
-from saease.store import ActivationStore
-from train.trainer import heldout_batches, pick_device
+from saease.metrics import MaskingCurve
+from saease.store import atomic_write_bytes, atomic_write_json
+from train.devices import pick_device
+
+
+@dataclass
+class EvalConfig:
+    dictionaries: list[str] = field(default_factory=list, metadata={
+        "help": "dictionary folders written by `saease train` (several: overlaid masking curves)",
+        "metavar": "DICT"})
+    data: str | None = field(default=None, metadata={
+        "help": "activation store (default: the first dictionary's training store)", "metavar": "STORE"})
+    out: str | None = field(default=None, metadata={
+        "help": "report folder for masking.csv/png and features.json/html (default: print the summary only)",
+        "metavar": "REPORT"})
+    all_rows: bool = field(default=False, metadata={"help": "evaluate every row, not only the held-out ones"})
+    top_n: int = field(default=20, metadata={"help": "top activating examples kept per latent"})
+    context_left: int = field(default=12, metadata={"help": "tokens of context shown before an example"})
+    context_right: int = field(default=4, metadata={"help": "tokens of context shown after an example"})
+    masking: bool = field(default=True, metadata={"help": "compute the latent masking curve"})
+    masking_method: str = field(default="auto", metadata={
+        "help": "how: gram (one pass), blockwise (two passes, wide), decode (MLP decoders)",
+        "choices": list(MaskingCurve.METHODS)})
+    loss: bool | None = field(default=None, metadata={
+        "help": "loss recovered with the dictionary spliced into the model (default: when the store "
+                "records its model and contexts)"})
+    loss_seqs: int = field(default=32, metadata={"help": "context windows for loss recovered"})
+    model: str | None = field(default=None, metadata={
+        "help": "model for loss recovered (default: the one the store was harvested from)"})
+    seed: int = field(default=0, metadata={"help": "seed for choosing the loss-recovered windows"})
+    batch_size: int = field(default=8192, metadata={"help": "vectors per batch"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:N (default: cuda when present)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("dictionary", help="dictionary folder written by `saease train`")
-    parser.add_argument("--data", help="activation store (default: the dictionary's training store)")
-    parser.add_argument("--all-rows", action="store_true", help="evaluate every row, not only the held-out ones")
-    parser.add_argument("--batch-size", type=int, default=8192)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    dataclass_args(parser, EvalConfig, positional=("dictionaries",))
+
+
+def load_dictionaries(paths: list[str], device) -> list[tuple[str, Dictionary]]:
+    if not paths:
+        raise SaeaseError("no dictionary given; pass one or more folders written by `saease train`")
+    return [(p, Dictionary.load(p, device=device)) for p in paths]
+
+
+def check_config(cfg: EvalConfig) -> None:
+    for name in ("top_n", "batch_size", "loss_seqs"):
+        if getattr(cfg, name, 1) < 1:
+            raise SaeaseError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a positive integer")
+    for name in ("context_left", "context_right"):
+        if getattr(cfg, name, 0) < 0:
+            raise SaeaseError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected 0 or more tokens")
+
+
+def summary_of(e: Evaluation, store) -> dict:
+    """The flat summary of one evaluation (the keys `saease eval` has always printed, then more)."""
+    out = {"dictionary": e.path, "store": str(store.path), "kind": e.kind, "split": e.split, **e.result}
+    curve = e.masking()
+    if curve is not None:
+        out["masking"] = {"method": curve["method"], "re_none_masked": curve["re"][0],
+                          "re_all_masked": curve["re"][-1]}
+    if e.loss is not None:
+        out.update(e.loss)
+    return out
 
 
 def run(args) -> dict:
-    device = pick_device(args.device)
-    dictionary = Dictionary.load(args.dictionary, device=device)
-    training = dictionary.cfg.training
-    data = args.data or dictionary.cfg.source.get("store")
-    if not data:
-        raise SaeaseError(f"{args.dictionary}: records no training store; pass --data STORE")
-    store = ActivationStore(data)
-    if store.d_in != dictionary.cfg.d_in:
-        raise SaeaseError(f"{store.path}: d_in {store.d_in} but {args.dictionary} expects d_in "
-                          f"{dictionary.cfg.d_in}; pass a store harvested at the dictionary's hook")
-    same_store = Path(store.path).resolve() == Path(dictionary.cfg.source.get("store", "")).resolve()
-    holdout = training.get("holdout", 0.0) if same_store and not args.all_rows else 0.0
-    metrics = evaluate(dictionary, heldout_batches(store, holdout, training.get("holdout_seed", 0), args.batch_size),
-                       progress=args.progress)
-    return {"dictionary": str(args.dictionary), "store": str(store.path), "kind": dictionary.kind,
-            "split": "held-out" if holdout > 0 else "all", **metrics}
+    cfg = dataclass_from_args(EvalConfig, args)
+    check_config(cfg)
+    notes = Notes()
+    device = pick_device(cfg.device)
+    dictionaries = load_dictionaries(cfg.dictionaries, device)
+    store = open_store(cfg.data or training_store(dictionaries[0][1], cfg.dictionaries[0]))
+    out = Path(cfg.out) if cfg.out else None
+    opts = Options(all_rows=cfg.all_rows, batch_size=cfg.batch_size, masking=cfg.masking,
+                   masking_method=cfg.masking_method, features=out is not None, top_n=cfg.top_n,
+                   context_left=cfg.context_left, context_right=cfg.context_right, progress=cfg.progress)
+    evals = evaluate_store(dictionaries, store, opts, notes)
+    add_loss(evals, store, mode=cfg.loss, n_seqs=cfg.loss_seqs, seed=cfg.seed, model_override=cfg.model,
+             device=device, notes=notes, progress=cfg.progress)
+
+    summaries = [summary_of(e, store) for e in evals]
+    summary = summaries[0] if len(evals) == 1 else {"store": str(store.path), "dictionaries": summaries}
+    if out is not None:
+        summary["report"] = str(out)
+        summary["files"] = write_report(out, evals, store, opts, notes)
+    if notes.seen:
+        summary["warnings"] = list(notes.seen)
+    if out is not None:
+        atomic_write_json(out / "summary.json", summary)
+    as_json = getattr(args, "json", False)
+    if not as_json:
+        summary.pop("warnings", None)  # already printed to stderr as they came
+    if len(evals) > 1 and not as_json:  # several: a table reads better
+        from eval.compare import table
+
+        print(f"store: {store.path}")
+        print(table([{**s, "dictionary": e.name} for s, e in zip(summaries, evals)]))
+        return {k: v for k, v in summary.items() if k not in ("store", "dictionaries")}
+    return summary
+
+
+def write_report(out: Path, evals: list[Evaluation], store, opts: Options, notes: Notes) -> list[str]:
+    """Build every report file in memory first, then write each atomically."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SaeaseError(f"{out}: cannot create the report folder ({err.strerror})") from None
+    files = []
+    curves = [(e.name, e.kind, e.masking()) for e in evals if e.curve is not None]
+    if curves:
+        write_masking_csv(curves, out / "masking.csv")
+        plot_masking(curves, out / "masking.png", title=f"latent masking on {store.path.name}")
+        files += ["masking.csv", "masking.png"]
+    tokenizer = store_tokenizer(store, notes)
+    for e in evals:
+        folder = out if len(evals) == 1 else out / e.name
+        folder.mkdir(exist_ok=True)
+        report = feature_report(e, store, opts, notes, tokenizer)
+        if e.loss is not None:
+            report["metrics"].update({k: v for k, v in e.loss.items() if isinstance(v, (int, float))})
+        if curves:
+            report["masking"] = e.masking()
+        atomic_write_bytes(folder / "features.json", (json.dumps(report, ensure_ascii=False) + "\n").encode())
+        write_html(report, folder / "features.html")
+        prefix = "" if folder == out else f"{e.name}/"
+        files += [f"{prefix}features.json", f"{prefix}features.html"]
+    return files

@@ -25,6 +25,7 @@ COMMANDS = {
     "compare": ("eval.compare", "compare dictionaries in the paper's Table 3 layout"),
     "import": ("saease.importer", "bring an array (.npy/.pt/.safetensors) in as a store"),
     "synth": ("saease.synth_cli", "make the paper's synthetic datasets as stores"),
+    "saelens": ("saease.saelens", "export dictionaries to SAELens's format or import SAELens SAEs"),
     "sweep": ("train.sweep", "run or register a W&B sweep"),
     "reproduce": ("eval.reproduce", "reproduce the paper's tables end to end"),
     "demo": ("eval.demo", "two-minute offline quickstart: VAEase vs VAE on subspaces"),
