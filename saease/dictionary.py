@@ -31,7 +31,7 @@ from saease.errors import SaeaseError
 FORMAT = "saease.dictionary/1"
 KINDS = ("vaease", "vae", "sae-l1", "sae-log", "sae-topk")
 VAE_KINDS = ("vaease", "vae")
-ENCODERS = ("text", "authors")
+ENCODERS = ("text", "authors", "residual")
 GAMMA_MODES = ("optimal", "learned")
 LOG_EPS = 1e-4  # ε of the SAE-log penalty
 MIN_VAR = 1e-7  # σ² is clamped at this, as in the authors' code
@@ -46,6 +46,7 @@ class DictionaryConfig:
     d_latent: int = 300
     encoder: str = "text"
     encoder_layers: int = 1
+    encoder_hidden: int | None = None  # deep encoders' width: None = 2κ (Swish MLP), 8κ (residual)
     decoder_layers: int = 1
     k: int | None = None
     lambda1: float = 0.0
@@ -70,6 +71,8 @@ class DictionaryConfig:
         for name in ("d_in", "d_latent", "encoder_layers", "decoder_layers"):
             if int(getattr(self, name)) < 1:
                 raise SaeaseError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.encoder_hidden is not None and int(self.encoder_hidden) < 1:
+            raise SaeaseError(f"encoder-hidden must be a positive integer, got {self.encoder_hidden}")
         if self.kind == "sae-topk":
             if self.k is None or not 1 <= self.k <= self.d_latent:
                 raise SaeaseError(f"sae-topk needs --k between 1 and d_latent={self.d_latent}, got {self.k}")
@@ -95,6 +98,26 @@ def mlp(d_in: int, d_hidden: int, n_layers: int, activation: nn.Module) -> nn.Se
     for i in range(n_layers):
         layers += [nn.Linear(d_in if i == 0 else d_hidden, d_hidden), activation]
     return nn.Sequential(*layers)
+
+
+class ResidualMLP(nn.Module):
+    """The nonlinear synthetic experiment's encoder trunk (App. D.2): Linear(d_in, d_hidden) + Swish,
+    then `n_blocks` residual blocks h ← h + f(h), f = 3 linear layers d_hidden → d_hidden with Swish
+    between them."""
+
+    def __init__(self, d_in: int, d_hidden: int, n_blocks: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(d_hidden, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_hidden), nn.SiLU(),
+                          nn.Linear(d_hidden, d_hidden))
+            for _ in range(n_blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return h
 
 
 def kl_divergence(mu: Tensor, var: Tensor) -> Tensor:
@@ -123,10 +146,14 @@ class Dictionary(nn.Module):
         d_in, d_latent = cfg.d_in, cfg.d_latent
 
         # Encoder trunk: the synthetic experiments' deeper encoders (Swish MLP, hidden 2κ).
+        # encoder "residual": `encoder_layers` residual blocks of 3 linear layers, hidden 8κ (App. D.2).
         d_head_in = d_in
-        if cfg.encoder_layers > 1:
-            self.trunk = mlp(d_in, 2 * d_latent, cfg.encoder_layers - 1, nn.SiLU())
-            d_head_in = 2 * d_latent
+        if cfg.encoder == "residual":
+            d_head_in = cfg.encoder_hidden or 8 * d_latent
+            self.trunk = ResidualMLP(d_in, d_head_in, cfg.encoder_layers)
+        elif cfg.encoder_layers > 1:
+            d_head_in = cfg.encoder_hidden or 2 * d_latent
+            self.trunk = mlp(d_in, d_head_in, cfg.encoder_layers - 1, nn.SiLU())
         else:
             self.trunk = nn.Identity()
 
@@ -162,7 +189,7 @@ class Dictionary(nn.Module):
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)  # unit-norm dictionary columns
             if cfg.encoder == "text" and cfg.encoder_layers == 1 and cfg.decoder_layers == 1:
                 self.W_enc.copy_(self.W_dec.T)  # tied initialisation, as SAEs are usually started
-            elif cfg.encoder == "text":
+            elif cfg.encoder != "authors":
                 nn.init.kaiming_uniform_(self.W_enc.T, a=math.sqrt(5))
 
     # ---- encoding -------------------------------------------------------------------------
@@ -184,7 +211,8 @@ class Dictionary(nn.Module):
             s = pre_spread @ self.W_sig + self.b_sig
         else:
             mu = h @ self.W_enc + self.b_enc
-            if not self.cfg.is_vae or self.cfg.encoder_layers == 1:
+            deep = self.cfg.encoder_layers > 1 or self.cfg.encoder == "residual"
+            if not self.cfg.is_vae or not deep:
                 mu = F.relu(mu)
             s = h @ self.W_sig + self.b_sig if self.cfg.is_vae else None
         var = torch.sigmoid(s).clamp_min(MIN_VAR) if s is not None else None

@@ -64,7 +64,9 @@ def superposition(n: int = 200_000, n_features: int = 4096, d: int = 512, mean_a
     n_active [n] the true per-sample count, directions [n_features, d])."""
     if n_features < 1 or d < 1 or mean_active <= 0:
         raise SaeaseError("superposition needs n_features ≥ 1, d ≥ 1 and mean_active > 0")
-    gen = torch.Generator().manual_seed(seed)
+    # Offset the seed: with the trainer's default seed, torch.manual_seed(seed) draws the very
+    # numbers an initial W_dec is made of, which would hand the true directions to the model.
+    gen = torch.Generator().manual_seed(seed + 0x5EED)
     directions = F.normalize(torch.randn(n_features, d, generator=gen), dim=-1)
     freq = 1.0 / torch.arange(1, n_features + 1).double() ** 0.5
     counts = torch.poisson(torch.full((n,), float(mean_active)), generator=gen).long().clamp(1, n_features)

@@ -1,0 +1,223 @@
+"""`saease reproduce table3`: the paper's LLM table (Table 3) end to end, and the helpers the
+Table 2 / superposition benchmarks share.
+
+    harvest pythia-70m-deduped blocks.2.hook_resid_post over Pile-10k (256-token windows, no BOS,
+    float16)  →  train the five kinds at the paper's settings  →  print RE and AD beside the paper's
+
+`--scale` shrinks everything (rows harvested and epochs) for a quick look; `--model`, `--layer`
+and `--dataset` point it elsewhere (a local model folder and a local jsonl work offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from saease.dictionary import ENCODERS, KINDS
+from saease.errors import SaeaseError
+from saease.store import atomic_write_json
+
+LABELS = {"sae-l1": "SAE-ℓ1", "sae-log": "SAE-log", "sae-topk": "SAE-Tk", "vae": "VAE", "vaease": "VAEase"}
+ORDER = ("sae-l1", "sae-log", "sae-topk", "vae", "vaease")  # the paper's row order
+
+# SPEC §3, Table 2: per-manifold AD (all models RE ≤ 1e-3).
+PAPER_TABLE2 = {
+    "linear": {"truth": [4, 4, 4], "sae-l1": [10, 11, 8], "sae-log": [8, 8, 8], "sae-topk": [10, 10, 7],
+               "vae": [13, 13, 13], "vaease": [5, 4, 4]},
+    "nonlinear": {"truth": [5, 5, 10, 10], "sae-l1": [20, 26, 39, 29], "sae-log": [15, 28, 39, 31],
+                  "sae-topk": [10, 12, 18, 19], "vae": [17, 21, 20, 19], "vaease": [5, 5, 11, 11]},
+}
+# SPEC §3, Table 3: (RE, AD) on Pythia-70m-deduped activations.
+PAPER_TABLE3 = {"sae-l1": (46.2, 38.2), "sae-log": (45.1, 58.2), "sae-topk": (45.1, 30.0),
+                "vae": (48.0, 87.9), "vaease": (39.5, 22.5)}
+# SPEC §3, Table 3 settings: per-kind λ1, λ2, k (everything else is shared).
+TABLE3_KIND_SETTINGS = {"vaease": {}, "vae": {}, "sae-l1": {"lambda1": 0.32, "lambda2": 0.2},
+                        "sae-log": {"lambda1": 0.01, "lambda2": 0.2}, "sae-topk": {"k": 30}}
+
+
+def kinds_arg(text: str) -> list[str]:
+    """argparse type for --kinds: 'all' or a comma-separated subset of the five kinds."""
+    kinds = list(ORDER) if text == "all" else [k.strip() for k in text.split(",")]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'all' or a comma-separated subset of {', '.join(ORDER)}")
+    return kinds
+
+
+def train_kinds(configs: dict) -> dict[str, dict]:
+    """Train one dictionary per TrainConfig in `configs` (kind → config), one after the other;
+    returns kind → the trainer's summary (out, re, ad, ad_per_label, …), plus, for labelled
+    stores, `ad_per_label_per_sample` (see `per_sample_ad`)."""
+    from train.trainer import train  # imported here so `saease reproduce --help` stays instant
+
+    results = {}
+    for kind, cfg in configs.items():
+        model, summary = train(cfg)
+        if summary.get("ad_per_label"):
+            summary["ad_per_label_per_sample"] = per_sample_ad(model)
+        results[kind] = summary
+        print(f"  {LABELS[kind]:7s} RE {summary['re']:.3g}  AD {summary['ad']:.2f}  "
+              f"per-label AD {list(summary.get('ad_per_label', {}).values())}  "
+              f"({summary['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
+    return results
+
+
+def heldout_rows(dictionary_dir, labels: bool = False):
+    """The held-out rows of the store a dictionary was trained on, float32 [n, d_in] (and their
+    labels [n] with `labels=True`)."""
+    from saease.dictionary import Dictionary
+
+    return _heldout(Dictionary.load(dictionary_dir).cfg, labels)
+
+
+def _heldout(cfg, labels: bool):
+    from saease.store import ActivationStore, holdout_mask
+
+    store = ActivationStore(cfg.source["store"])
+    x, cols = store.read_all(columns=True)
+    test = holdout_mask(store.n_rows, cfg.training.get("holdout", 0.1), cfg.training.get("holdout_seed", 0))
+    return (x[test], cols["labels"][test]) if labels else x[test]
+
+
+@torch.no_grad()
+def per_sample_ad(model) -> dict[str, float]:
+    """Per label group, the mean over its held-out rows of each row's own active count (SPEC §2's
+    per-sample AD), a check on the per-group AD, which splits the group's *averaged* σ or |z|."""
+    from saease.metrics import active_count
+
+    x, labels = _heldout(model.cfg, labels=True)
+    counts = torch.cat([active_count(model.activity(model.encoder_output(model.scale_in(xb.to(model.device)))),
+                                     model.cfg.is_vae).cpu() for xb in x.split(8192)])
+    return {str(int(g)): counts[labels == g].double().mean().item() for g in labels.unique()}
+
+
+def fmt(x: float) -> str:
+    return f"{x:.2e}" if abs(x) < 0.01 else f"{x:.3g}"
+
+
+def ad_table(results: dict[str, dict], truth: list[int], paper: dict | None) -> str:
+    """Markdown table of per-manifold AD and RE per kind (beside the paper's AD when given)."""
+    def row(cells):
+        return "| " + " | ".join(cells) + " |"
+
+    truth_s = ", ".join(map(str, truth))
+    head = (["model", "AD per manifold"] + (["paper"] if paper else [])
+            + ["RE", "mean AD", "per-sample AD by manifold"])
+    lines = [row(head), row(["---"] * len(head)),
+             row(["ground truth", truth_s] + ([truth_s] if paper else []) + ["", "", truth_s])]
+    for kind in ORDER:
+        if kind in results:
+            r = results[kind]
+            ours = ", ".join(str(v) for _, v in sorted(r["ad_per_label"].items(), key=lambda kv: int(kv[0])))
+            per_sample = ", ".join(f"{v:.1f}" for _, v in sorted(r.get("ad_per_label_per_sample", {}).items(),
+                                                                  key=lambda kv: int(kv[0])))
+            lines.append(row([LABELS[kind], ours] + ([", ".join(map(str, paper[kind]))] if paper else [])
+                             + [fmt(r["re"]), f"{r['ad']:.2f}", per_sample]))
+    return "\n".join(lines)
+
+
+def table3_table(results: dict[str, dict]) -> str:
+    lines = ["| model | RE | AD | paper RE | paper AD |", "| --- | --- | --- | --- | --- |"]
+    for kind in ORDER:
+        if kind in results:
+            r, (pre, pad) = results[kind], PAPER_TABLE3[kind]
+            lines.append(f"| {LABELS[kind]} | {r['re']:.4g} | {r['ad']:.1f} | {pre} | {pad} |")
+    return "\n".join(lines)
+
+
+def plot_masking_curves(curves: dict[str, dict], path, title: str) -> str:
+    """Fig. 4 style plot: RE against latents left, one line per kind (log RE axis)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for kind in ORDER:
+        if kind in curves:
+            ax.plot(curves[kind]["left"], curves[kind]["re"], label=LABELS[kind], lw=2 if kind == "vaease" else 1.2)
+    ax.set(xlabel="latents left (least used masked first)", ylabel="RE", yscale="log")
+    ax.set_title(title, fontsize=9)
+    ax.invert_xaxis()
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+# ---- saease reproduce table3 -----------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", choices=["table3"], help="which of the paper's tables to reproduce")
+    parser.add_argument("--model", default="pythia-70m-deduped", help="model name or local folder")
+    parser.add_argument("--layer", type=int, default=2, help="block whose hook_resid_post is harvested")
+    parser.add_argument("--dataset", default="NeelNanda/pile-10k", help="hub dataset id or local .jsonl/.txt")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="fraction of the paper's rows (2,098,176) and epochs (35) to use, in (0, 1]")
+    parser.add_argument("--kinds", type=kinds_arg, default=list(ORDER), help="'all' or e.g. vaease,vae")
+    parser.add_argument("--d-latent", type=int, default=300, help="latent width κ (paper: 300)")
+    parser.add_argument("--k", type=int, default=30, help="sae-topk's k (paper: 30; at most --d-latent)")
+    parser.add_argument("--encoder", default="text", choices=[e for e in ENCODERS if e != "residual"],
+                        help="VAE kinds' encoder: text (App. D.3) or authors (their code)")
+    parser.add_argument("--out", default="reproduce/table3", help="folder for the store and the dictionaries")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+PAPER_ROWS = 2_098_176
+PAPER_EPOCHS = 35
+
+
+def harvest_store(args, out: Path, n_rows: int) -> str:
+    """Harvest `n_rows` activation vectors the way the paper did (TransformerLens defaults: fold_ln,
+    center_writing_weights; 256-token windows, no BOS; float16), through the harvester's API.
+    Rerunning with the same settings reuses (or resumes) the store."""
+    from harvest.cli import run as harvest_run
+    from harvest.config import HarvestConfig
+
+    cfg = HarvestConfig(model=args.model, layer=args.layer, hook="resid_post", dataset=args.dataset,
+                        context_size=256, prepend_bos=False, max_rows=n_rows, dtype="float16",
+                        device=args.device, out=str(out / "store"))
+    return harvest_run(cfg)["store"]
+
+
+def table3_configs(args, store: str, epochs: int) -> dict:
+    from train.config import TrainConfig
+
+    base = TrainConfig(data=store, d_latent=args.d_latent, epochs=epochs, batch_size=2048, lr=0.005, t0=5,
+                       t_mult=2, normalize=False, holdout=0.1, seed=args.seed, device=args.device,
+                       progress=args.progress, overwrite=True)
+    out = Path(args.out)
+    knobs = {**TABLE3_KIND_SETTINGS, "sae-topk": {"k": args.k}}
+    return {kind: replace(base, kind=kind, out=str(out / kind), **knobs[kind],
+                          encoder=args.encoder if kind in ("vae", "vaease") else "text")
+            for kind in ORDER if kind in args.kinds}
+
+
+def run(args) -> dict:
+    if not 0 < args.scale <= 1:
+        raise SaeaseError(f"--scale {args.scale}: expected a fraction in (0, 1]")
+    if "sae-topk" in args.kinds and not 1 <= args.k <= args.d_latent:
+        raise SaeaseError(f"--k {args.k}: expected 1 ≤ k ≤ --d-latent {args.d_latent}")
+    out = Path(args.out)
+    n_rows = max(2048, int(PAPER_ROWS * args.scale))
+    epochs = max(1, math.ceil(PAPER_EPOCHS * args.scale))
+    store = harvest_store(args, out, n_rows)
+    results = train_kinds(table3_configs(args, store, epochs))
+    table = table3_table(results)
+    if not getattr(args, "json", False):
+        print(f"\nTable 3 ({args.model} layer {args.layer}, {n_rows} rows, {epochs} epochs, κ = {args.d_latent}):")
+        print(table + "\n")
+    summary = {"table": "table3", **({"markdown": table} if getattr(args, "json", False) else {}), "store": store, "rows": n_rows, "epochs": epochs, "model": args.model,
+               "layer": args.layer, "results": {k: {"re": r["re"], "ad": r["ad"], "out": r["out"]}
+                                                for k, r in results.items()},
+               "paper": {k: {"re": v[0], "ad": v[1]} for k, v in PAPER_TABLE3.items()}}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,117 @@
+"""The reproduction scripts and `saease reproduce table3` run end to end at tiny scale and print
+sane tables; the science itself is checked at reduced scale in test_science.py."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cli_runner import run_cli
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_table3_end_to_end_on_a_tiny_pythia(tiny_pythia, tiny_text_dataset, tmp_path):
+    out = tmp_path / "t3"
+    res = run_cli("reproduce", "table3", "--model", tiny_pythia, "--dataset", tiny_text_dataset,
+                  "--scale", "0.001", "--d-latent", 16, "--k", 4, "--device", "cpu", "--out", out, "--no-progress", "--json")
+    assert res.returncode == 0, res.stderr
+    s = last_json(res.stdout)
+    assert s["rows"] == 2098 and s["epochs"] == 1 and s["layer"] == 2
+    assert set(s["results"]) == {"sae-l1", "sae-log", "sae-topk", "vae", "vaease"}
+    for kind, r in s["results"].items():
+        assert math.isfinite(r["re"]) and r["re"] > 0
+        assert 0 <= r["ad"] <= 16
+        cfg = json.loads((Path(r["out"]) / "config.json").read_text())
+        assert cfg["d_in"] == 64 and cfg["training"]["batch_size"] == 2048 and cfg["training"]["lr"] == 0.005
+        assert cfg["input_scale"] == 1.0  # the paper did not normalize
+    assert s["results"]["sae-topk"]["ad"] <= 4
+    assert s["paper"]["vaease"] == {"re": 39.5, "ad": 22.5}
+    manifest = json.loads((Path(s["store"]) / "manifest.json").read_text())
+    assert manifest["n_rows"] == 2098 and manifest["dtype"] == "float16"
+    assert json.loads((out / "summary.json").read_text())["rows"] == 2098
+    assert "| VAEase |" in s["markdown"] and "| 39.5 | 22.5 |" in s["markdown"]
+
+
+def test_table3_rejects_bad_settings(tmp_path):
+    res = run_cli("reproduce", "table3", "--scale", "2", "--out", tmp_path / "x")
+    assert res.returncode == 2 and "--scale 2" in res.stderr
+    res = run_cli("reproduce", "table3", "--d-latent", "16", "--out", tmp_path / "x")
+    assert res.returncode == 2 and "--k 30" in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_fig3_sae_log_has_two_minima_and_vaease_one(tmp_path, capsys):
+    s = script("fig3").main(["--out", str(tmp_path / "fig3.png")])
+    assert len(s["sae_log_minima"]) == 2 and s["sae_log_minima"][0] == 0.0
+    assert len(s["vaease_minima"]) == 1
+    assert s["vaease_minima"][0] == pytest.approx(s["theorem_4_7"]["mu"], abs=2e-3)
+    assert s["vaease_sigma2_at_min"] == pytest.approx(s["theorem_4_7"]["sigma2"], rel=0.02)
+    assert (tmp_path / "fig3.png").stat().st_size > 1000
+
+
+def test_table2_linear_and_fig4_tiny(tmp_path, capsys):
+    out = tmp_path / "lin"
+    s = script("table2_linear").main(["--n", "4000", "--epochs", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert last_json(printed) == json.loads(json.dumps(s))
+    assert set(s["results"]) == {"sae-l1", "sae-log", "sae-topk", "vae", "vaease"}
+    assert s["paper"]["vaease"] == [5, 4, 4]
+    for r in s["results"].values():
+        assert len(r["ad_per_manifold"]) == 3 and all(0 <= a <= 20 for a in r["ad_per_manifold"])
+        assert math.isfinite(r["re"])
+    cfg = json.loads((out / "sae-topk" / "config.json").read_text())
+    assert cfg["k"] == 4 and cfg["encoder_layers"] == 4 and cfg["input_scale"] == 1.0
+    assert "| VAEase |" in printed and "| 5, 4, 4 |" in printed
+
+    f = script("fig4").main(["--dicts", str(out), "--out", str(tmp_path / "fig4.png"), "--max-rows", "500"])
+    assert set(f["results"]) == set(s["results"])
+    for r in f["results"].values():
+        assert r["left"][0] == 20 and r["left"][-1] == 0 and len(r["re"]) == 21
+        assert 0 <= r["latents_needed_2x"] <= 20
+    assert (tmp_path / "fig4.png").stat().st_size > 1000
+
+
+def test_table2_linear_other_mix_has_no_paper_row(tmp_path, capsys):
+    s = script("table2_linear").main(["--n", "2000", "--epochs", "1", "--dims", "2,3", "--ambient", "12",
+                                      "--kinds", "vaease,sae-topk", "--out", str(tmp_path / "o")])
+    assert s["paper"] is None and set(s["results"]) == {"vaease", "sae-topk"}
+    assert all(len(r["ad_per_manifold"]) == 2 for r in s["results"].values())
+    assert json.loads((tmp_path / "o" / "sae-topk" / "config.json").read_text())["k"] == 3
+
+
+def test_table2_nonlinear_tiny_uses_the_residual_encoder(tmp_path, capsys):
+    s = script("table2_nonlinear").main(["--n-per", "400", "--epochs", "1", "--encoder-hidden", "24",
+                                         "--kinds", "vaease,sae-l1", "--out", str(tmp_path / "nl")])
+    assert s["encoder_hidden"] == 24 and s["paper"]["vaease"] == [5, 5, 11, 11]
+    for kind, r in s["results"].items():
+        assert len(r["ad_per_manifold"]) == 4 and all(0 <= a <= 60 for a in r["ad_per_manifold"])
+        cfg = json.loads((Path(r["out"]) / "config.json").read_text())
+        assert (cfg["encoder"], cfg["encoder_layers"], cfg["encoder_hidden"], cfg["decoder_layers"]) == \
+            ("residual", 3, 24, 2)
+
+
+def test_superposition_tiny_reports_matched_re_and_recovery(tmp_path, capsys):
+    s = script("superposition").main(["--n", "3000", "--d", "16", "--n-features", "32", "--epochs", "1",
+                                      "--l1-lambdas", "0.01,0.1", "--log-lambdas", "0.01", "--topk-ks", "2,4",
+                                      "--out", str(tmp_path / "sp")])
+    assert len(s["grid"]) == 2 + 2 + 1 + 2
+    assert set(s["matched"]) == {"sae-l1", "sae-log", "sae-topk", "vae", "vaease"}
+    for r in s["matched"].values():
+        assert 0 <= r["recovery"] <= 1 + 1e-6 and 0 <= r["ad"] <= 32 and r["ad_error"] >= 0
+        assert r["true_count"] == pytest.approx(s["matched"]["vaease"]["true_count"])
+    # Before any real training the decoder rows are random: recovery well below 1.
+    assert s["matched"]["vae"]["recovery"] < 0.9
