@@ -1,16 +1,71 @@
-"""`saease train`: fit a dictionary on an activation store."""
+"""`saease train`: fit a dictionary on an activation store.
+
+Settings come in layers, each overriding the one before: TrainConfig's defaults (the paper's
+LLM settings), `--config FILE.yaml`, the flags given, and, when `wandb agent` launched the
+command, the sweep's `wandb.config`. With `--resume DIR` the checkpoint's settings replace
+the defaults, so only what changes (say `--epochs`) needs repeating.
+"""
 
 from __future__ import annotations
 
-from saease.cli import dataclass_args, dataclass_from_args
-from train.config import TrainConfig
+import argparse
+import os
+
+from saease.cli import dataclass_args
+from saease.errors import SaeaseError
+from train import checkpoint
+from train.config import TrainConfig, config_from_mapping, field_names
 from train.trainer import train
 
 
 def add_arguments(parser) -> None:
     dataclass_args(parser, TrainConfig)
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="YAML mapping of settings (flag names, - or _); flags given here override it")
+    # Flags not given stay out of the namespace, so `run` can tell them from defaults.
+    for action in parser._actions:
+        if action.dest in field_names():
+            action.default = argparse.SUPPRESS
 
 
 def run(args) -> dict:
-    _, summary = train(dataclass_from_args(TrainConfig, args))
-    return summary
+    given = {k: v for k, v in vars(args).items() if k in set(field_names())}
+    values = read_yaml(args.config) if args.config else {}
+    values.update(given)
+    if os.environ.get("WANDB_SWEEP_ID"):
+        values.update(sweep_values())
+    if values.get("resume"):
+        saved = checkpoint.load(values["resume"])["train_config"]
+        values = {**{k: v for k, v in saved.items() if k in set(field_names())},
+                  "out": None, "overwrite": False, **values}
+    _, summary = train(TrainConfig(**values))
+    return summary if int(os.environ.get("RANK", "0")) == 0 else None  # one summary per torchrun job
+
+
+def read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise SaeaseError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise SaeaseError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SaeaseError(f"--config {path}: expected a mapping of settings (e.g. `lr: 0.005`), "
+                          f"got a {type(data).__name__}")
+    return config_from_mapping(data, f"--config {path}")
+
+
+def sweep_values() -> dict:
+    """The settings `wandb agent` chose for this run (its wandb.config), with W&B logging on."""
+    import wandb
+
+    run = wandb.run or wandb.init()
+    values = config_from_mapping({k: v for k, v in dict(run.config).items() if not k.startswith("_")},
+                                 f"W&B sweep {os.environ.get('WANDB_SWEEP_ID')}")
+    return {**values, "wandb": True}
+

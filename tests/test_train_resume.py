@@ -1,0 +1,125 @@
+"""Checkpoints and --resume: a run stopped (by a NaN, or killed outright) and resumed ends with
+exactly the weights of an uninterrupted run; mismatched resumes are refused, losing nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from saease.dictionary import Dictionary
+from saease.errors import SaeaseError
+from train import train
+from train.config import TrainConfig
+from train.step import FusedStep
+from test_train_support import one_thread, small_store  # noqa: F401  (one_thread: autouse)
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return small_store(tmp_path_factory.mktemp("resume") / "store", shard_rows=100, dtype="float16")
+
+
+def config(store, out, **kw) -> TrainConfig:
+    # 12 shards mixed 2 at a time: a resume lands mid-group, with rows carried between groups
+    kw = {"kind": "vaease", "d_latent": 24, "epochs": 2, "batch_size": 64, "buffer_shards": 2,
+          "checkpoint_every": 5, "progress": False, "log_every": 4, "threads": 1, **kw}
+    return TrainConfig(data=str(store.path), out=str(out), **kw)
+
+
+def assert_same_weights(a, b):
+    wa, wb = Dictionary.load(a).state_dict(), Dictionary.load(b).state_dict()
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "d"
+    _, summary = train(config(store, out))
+    return out, summary
+
+
+def test_a_nan_stops_the_run_keeps_the_last_checkpoint_and_resume_finishes_it(store, tmp_path, uninterrupted,
+                                                                              monkeypatch):
+    out = tmp_path / "d"
+    calls = {"n": 0}
+    real = FusedStep.__call__
+
+    def poisoned(self, x, full=True):
+        terms, fired = real(self, x, full)
+        calls["n"] += 1
+        if calls["n"] == 13:
+            terms["mse"] = torch.tensor(float("nan"))
+        return terms, fired
+
+    monkeypatch.setattr(FusedStep, "__call__", poisoned)
+    with pytest.raises(SaeaseError, match=r"loss became nan at step 13.*checkpoint \(step 10\)"):
+        train(config(store, out))
+    monkeypatch.setattr(FusedStep, "__call__", real)
+    info = json.loads((out / "checkpoint.json").read_text())
+    assert (info["step"], info["finished"]) == (10, False)
+    assert not (out / "dictionary.safetensors").exists()
+
+    with pytest.raises(SaeaseError, match="unfinished run.*--resume"):  # nothing is overwritten by accident
+        train(config(store, out))
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 10
+
+    _, summary = train(config(store, out, resume=str(out)))
+    assert summary["steps"] == uninterrupted[1]["steps"]
+    assert_same_weights(out, uninterrupted[0])
+    assert summary["re"] == uninterrupted[1]["re"]
+
+
+def test_a_killed_process_resumes_to_the_same_weights(store, tmp_path, uninterrupted):
+    out = tmp_path / "d"
+    args = [sys.executable, "-m", "saease.cli", "train", "--data", str(store.path), "--out", str(out),
+            "--kind", "vaease", "--d-latent", "24", "--batch-size", "64", "--buffer-shards", "2",
+            "--checkpoint-every", "5", "--log-every", "4", "--threads", "1", "--no-progress"]
+    # a longer run of the same settings, killed after its first checkpoints
+    proc = subprocess.Popen([*args, "--epochs", "40"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    info, deadline = {}, time.time() + 120
+    while time.time() < deadline and info.get("step", 0) < 10 and proc.poll() is None:
+        time.sleep(0.02)
+        try:
+            info = json.loads((out / "checkpoint.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    info = json.loads((out / "checkpoint.json").read_text())
+    assert 10 <= info["step"] < info["total_steps"] and not info["finished"]
+    # resumed from the command line with only the changed setting: 2 epochs, as `uninterrupted`
+    # (a checkpoint past 2 epochs' steps would end at once, so shorten only when still inside)
+    if info["step"] >= uninterrupted[1]["steps"]:
+        pytest.skip("the process outran the poll: its checkpoint is already past the reference run")
+    done = subprocess.run([sys.executable, "-m", "saease.cli", "train", "--resume", str(out), "--epochs", "2",
+                           "--json", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["steps"] == uninterrupted[1]["steps"]
+    assert_same_weights(out, uninterrupted[0])
+
+
+def test_resume_refuses_a_store_or_kind_that_disagrees_and_changes_nothing(store, tmp_path):
+    out = tmp_path / "d"
+    train(config(store, out, max_steps=6))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = small_store(tmp_path / "other", n=300, d=12, shard_rows=100)
+    with pytest.raises(SaeaseError, match="d_in 12.*d_in 16"):
+        train(config(other, tmp_path / "x", resume=str(out)))
+    with pytest.raises(SaeaseError, match="--kind 'sae-l1' disagrees with the checkpoint"):
+        train(replace(config(store, out, resume=str(out)), kind="sae-l1"))
+    with pytest.raises(SaeaseError, match="no checkpoint.pt"):
+        train(config(store, tmp_path / "y", resume=str(tmp_path / "nowhere")))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,0 +1,240 @@
+"""`saease sweep FILE`: hyperparameter sweeps from standard W&B sweep YAMLs.
+
+    saease sweep vaease-lr                     # register online (W&B server), print the agent command
+    wandb agent ENTITY/PROJECT/ID              # each run is `saease train` reading wandb.config
+    saease sweep vaease-lr --local --count 4   # run it here, no server: grid or random, logged offline
+
+FILE is a YAML path or the name of one shipped in `train/sweeps/`. Its `parameters` must name
+`saease train` settings; `--set KEY=VALUE` fixes one for every run (e.g. the store). Local
+runs write `OUT/<sweep>/run-NNN/` and log offline to `OUT/<sweep>/wandb/` (`wandb sync`
+uploads them later); the
+summary lists each run's settings and its held-out metric. The wandb client cannot run a
+sweep without the server, and the `sweeps` package pins numpy<2, hence this small runner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+from pathlib import Path
+
+from saease.errors import SaeaseError
+from train.config import TrainConfig, config_from_mapping, field_names
+
+SHIPPED = Path(__file__).parent / "sweeps"
+TOP_KEYS = {"name", "description", "method", "metric", "parameters", "command", "program", "early_terminate",
+            "run_cap", "entity", "project"}
+SPEC_KEYS = {"value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities"}
+DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform",
+                 "log_uniform_values", "q_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal")
+
+
+def add_arguments(parser) -> None:
+    names = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
+    parser.add_argument("file", help=f"sweep YAML, or a shipped one by name ({names})")
+    parser.add_argument("--local", action="store_true", help="run the sweep here (grid or random), each run logged "
+                        "to W&B offline, no server needed")
+    parser.add_argument("--count", type=int, default=None, help="runs to make (grid: the first N; random: needed)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fix a setting for every run, "
+                        "e.g. --set data=activations/pythia epochs=2")
+    parser.add_argument("--out", default="dictionaries/sweeps", help="local runs write OUT/<sweep>/run-NNN")
+    parser.add_argument("--seed", type=int, default=0, help="seed for drawing random-sweep settings")
+    parser.add_argument("--project", default=None, help="W&B project (default: the YAML's, else saease)")
+    parser.add_argument("--entity", default=None, help="W&B entity (default: the YAML's, else your default)")
+
+
+def run(args) -> dict:
+    path = locate(args.file)
+    spec = read_spec(path)
+    fixed = parse_sets(args.set)
+    name = str(spec.get("name") or path.stem)
+    project = args.project or spec.get("project") or "saease"
+    entity = args.entity or spec.get("entity")
+    if args.count is not None and args.count < 1:
+        raise SaeaseError(f"--count {args.count}: expected a positive number of runs")
+    if args.local:
+        return run_local(spec, name, fixed, count=args.count, out=Path(args.out), seed=args.seed, project=project)
+    return register(spec, name, fixed, project=project, entity=entity)
+
+
+# ---- reading and checking a sweep file ---------------------------------------------------------
+
+def locate(file: str) -> Path:
+    path = Path(file)
+    if path.exists():
+        return path
+    shipped = SHIPPED / f"{file}.yaml"
+    if shipped.exists():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
+    raise SaeaseError(f"{file}: no such sweep file; pass a YAML path or one of {names}")
+
+
+def read_spec(path: Path) -> dict:
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SaeaseError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("parameters"), dict) or not spec["parameters"]:
+        raise SaeaseError(f"{path}: expected a W&B sweep: a mapping with `method` and `parameters`")
+    unknown = set(spec) - TOP_KEYS
+    if unknown:
+        raise SaeaseError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; a W&B sweep has "
+                          f"{', '.join(sorted(TOP_KEYS))}")
+    if spec.get("method") not in ("grid", "random", "bayes"):
+        raise SaeaseError(f"{path}: method {spec.get('method')!r}; expected grid, random or bayes")
+    for key, rule in spec["parameters"].items():
+        check_rule(path, key, rule)
+    return spec
+
+
+def check_rule(path: Path, key: str, rule) -> None:
+    where = f"{path}: parameter {key!r}"
+    if str(key).replace("-", "_") not in field_names():
+        raise SaeaseError(f"{where}: not a `saease train` setting; expected names such as kind, d_latent, "
+                          "lr, lambda1, lambda2, k, epochs, batch_size")
+    if not isinstance(rule, dict) or not rule or set(rule) - SPEC_KEYS:
+        raise SaeaseError(f"{where}: expected a mapping of {', '.join(sorted(SPEC_KEYS))}")
+    dist = distribution(rule)
+    if dist not in DISTRIBUTIONS:
+        raise SaeaseError(f"{where}: distribution {dist!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    for value in values_of(rule):
+        config_from_mapping({key: value}, where)  # each listed value must fit the setting's type
+    if dist not in ("constant", "categorical") and not {"min", "max"} <= set(rule) and not {"mu", "sigma"} <= set(rule):
+        raise SaeaseError(f"{where}: distribution {dist} needs min and max (or mu and sigma)")
+
+
+def distribution(rule: dict) -> str:
+    if "distribution" in rule:
+        return rule["distribution"]
+    if "value" in rule:
+        return "constant"
+    if "values" in rule:
+        return "categorical"
+    if isinstance(rule.get("min"), int) and isinstance(rule.get("max"), int):
+        return "int_uniform"
+    return "uniform"
+
+
+def values_of(rule: dict) -> list:
+    if "value" in rule:
+        return [rule["value"]]
+    return list(rule.get("values") or [])
+
+
+def parse_sets(items: list[str]) -> dict:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SaeaseError(f"--set {item!r}: expected KEY=VALUE, e.g. data=activations/pythia")
+        pairs[key] = None if value.lower() in ("none", "null") else value
+    return config_from_mapping(pairs, "--set")
+
+
+# ---- the runs a sweep makes ---------------------------------------------------------------------
+
+def grid(params: dict, where: str) -> list[dict]:
+    names, choices = [], []
+    for key, rule in params.items():
+        if distribution(rule) not in ("constant", "categorical"):
+            raise SaeaseError(f"{where}: grid sweeps need `value` or `values` for {key!r}; use method: random "
+                              "for distributions")
+        names.append(key)
+        choices.append(values_of(rule))
+    return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+
+
+def draw(rule: dict, rng: random.Random):
+    """One value from a W&B parameter rule."""
+    dist = distribution(rule)
+    lo, hi, q = rule.get("min"), rule.get("max"), rule.get("q", 1)
+    if dist == "constant":
+        return rule["value"]
+    if dist == "categorical":
+        return rng.choices(rule["values"], weights=rule.get("probabilities"))[0]
+    if dist == "int_uniform":
+        return rng.randint(lo, hi)
+    if dist in ("uniform", "q_uniform"):
+        v = rng.uniform(lo, hi)
+    elif dist == "log_uniform":  # W&B: min/max are natural logs
+        v = math.exp(rng.uniform(lo, hi))
+    elif dist in ("log_uniform_values", "q_log_uniform_values"):
+        v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    elif dist in ("normal", "q_normal"):
+        v = rng.gauss(rule.get("mu", 0.0), rule.get("sigma", 1.0))
+    else:  # log_normal, q_log_normal
+        v = math.exp(rng.gauss(rule.get("mu", 0.0), rule.get("sigma", 1.0)))
+    return round(v / q) * q if dist.startswith("q_") else v
+
+
+def planned_runs(spec: dict, count: int | None, seed: int, where: str) -> list[dict]:
+    if spec["method"] == "bayes":
+        raise SaeaseError(f"{where}: bayes sweeps need the W&B server's optimiser; run it with `wandb agent` "
+                          "(drop --local), or use method: grid or random here")
+    if spec["method"] == "grid":
+        runs = grid(spec["parameters"], where)
+        return runs[:count] if count else runs
+    if not count:
+        raise SaeaseError(f"{where}: a random sweep runs until stopped; pass --count N to make N runs here")
+    rng = random.Random(seed)
+    return [{k: draw(rule, rng) for k, rule in spec["parameters"].items()} for _ in range(count)]
+
+
+def run_local(spec: dict, name: str, fixed: dict, *, count: int | None, out: Path, seed: int,
+              project: str) -> dict:
+    import wandb
+
+    from train.trainer import train
+
+    runs = planned_runs(spec, count, seed, name)
+    metric = (spec.get("metric") or {}).get("name", "eval/re")
+    goal = (spec.get("metric") or {}).get("goal", "minimize")
+    results, logs = [], out / name  # offline W&B runs go to OUT/<sweep>/wandb/
+    logs.mkdir(parents=True, exist_ok=True)
+    for i, params in enumerate(runs):
+        values = {**config_from_mapping(params, f"{name} run {i}"), **fixed}
+        values.update(out=str(out / name / f"run-{i:03d}"), wandb=True, overwrite=True)
+        cfg = TrainConfig(**values)
+        wandb.init(mode="offline", project=project, group=name, name=f"{name}-{i:03d}", config=params,
+                   job_type="sweep-run", dir=str(logs))
+        try:
+            _, summary = train(cfg)
+        finally:
+            if wandb.run is not None:
+                wandb.run.finish()
+        results.append({"run": i, "out": summary["out"], "settings": params,
+                        metric: summary.get(metric.split("/", 1)[-1])})
+    scored = [r for r in results if isinstance(r.get(metric), (int, float))]
+    best = (min if goal == "minimize" else max)(scored, key=lambda r: r[metric]) if scored else None
+    return {"sweep": name, "method": spec["method"], "runs": len(results), "metric": metric, "goal": goal,
+            "best": best, "results": results,
+            "wandb": f"offline; upload with `wandb sync {logs / 'wandb'}/offline-run-*`"}
+
+
+# ---- registering online -------------------------------------------------------------------------
+
+def register(spec: dict, name: str, fixed: dict, *, project: str, entity: str | None) -> dict:
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        raise SaeaseError(f"registering sweep {name!r} needs the W&B server, but WANDB_MODE={mode}; "
+                          "unset it and `wandb login`, or run the sweep here with --local")
+    import wandb
+
+    config = {k: v for k, v in spec.items() if k not in ("project", "entity")}
+    config["name"] = name
+    config["parameters"] = {**spec["parameters"], **{k: {"value": v} for k, v in fixed.items()}}
+    config.setdefault("command", ["saease", "train"])
+    try:
+        sweep_id = wandb.sweep(config, project=project, entity=entity)
+    except Exception as err:  # network, login and server-side validation errors
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SaeaseError(f"registering sweep {name!r} with W&B failed ({reason}); check `wandb login` and "
+                          "the network, or run it here with --local") from None
+    path = "/".join(p for p in (entity, project, sweep_id) if p)
+    return {"sweep": name, "id": sweep_id, "project": project, "entity": entity,
+            "agent": f"wandb agent {path}"}
