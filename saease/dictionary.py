@@ -54,6 +54,7 @@ class DictionaryConfig:
     gamma: str = "optimal"
     gamma_floor: float = 1e-6
     log_gamma_init: float = 0.0
+    sigma_init: float = 0.5  # VAE kinds: σ² every latent starts at (b_sig = logit(sigma_init))
     input_scale: float = 1.0
     source: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
@@ -76,6 +77,8 @@ class DictionaryConfig:
         if self.kind == "sae-topk":
             if self.k is None or not 1 <= self.k <= self.d_latent:
                 raise SaeaseError(f"sae-topk needs --k between 1 and d_latent={self.d_latent}, got {self.k}")
+        if not 0 < self.sigma_init < 1:
+            raise SaeaseError(f"sigma-init must be in (0, 1) (the initial σ²), got {self.sigma_init}")
         if self.gamma_floor <= 0:
             raise SaeaseError(f"gamma-floor must be > 0, got {self.gamma_floor}")
 
@@ -169,7 +172,7 @@ class Dictionary(nn.Module):
             if cfg.is_vae:
                 self.W_sig = nn.Parameter(torch.empty(d_head_in, d_latent))
         if cfg.is_vae:
-            self.b_sig = nn.Parameter(torch.zeros(d_latent))
+            self.b_sig = nn.Parameter(torch.full((d_latent,), math.log(cfg.sigma_init / (1 - cfg.sigma_init))))
             nn.init.normal_(self.W_sig, std=0.01 / math.sqrt(self.W_sig.shape[0]))
             self.log_gamma = nn.Parameter(torch.tensor(float(cfg.log_gamma_init)),
                                           requires_grad=cfg.gamma == "learned")

@@ -108,6 +108,11 @@ def test_config_file_supplies_settings_and_flags_override_it(tmp_path, capsys):
 
 
 def test_wandb_offline_logs_training_and_eval_metrics(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    if wandb.run is not None:  # a run left open by another test would receive this one's logs
+        wandb.finish()
+    wandb.teardown()
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     s = small_store(tmp_path / "s")
@@ -115,8 +120,6 @@ def test_wandb_offline_logs_training_and_eval_metrics(tmp_path, monkeypatch, cap
                             "--epochs", "2", "--batch-size", "128", "--log-every", "3", "--wandb",
                             "--wandb-project", "p", "--wandb-run-name", "r1", "--json", "--no-progress")
     assert code == 0, err
-    import wandb
-
     wandb.teardown()  # the W&B service writes the run's record in the background: wait for it
     (log,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # the offline run's record
     data = log.read_bytes()

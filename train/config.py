@@ -49,6 +49,7 @@ class TrainConfig:
     gamma: str = opt("optimal", "VAE decoder variance: optimal (batch γ*) or learned", choices=GAMMA_MODES)
     gamma_floor: float = opt(1e-6, "lower bound on γ, in normalized units")
     log_gamma_init: float = opt(0.0, "initial log γ (learned mode)")
+    sigma_init: float = opt(0.5, "VAE kinds: the σ² every latent starts at")
     normalize: bool = opt(True, "scale inputs to mean norm sqrt(d_in), estimated from the store")
     # ---- optimisation --------------------------------------------------------------------
     epochs: int = opt(35, "passes over the training rows")

@@ -90,7 +90,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
             encoder_layers=cfg.encoder_layers, encoder_hidden=cfg.encoder_hidden,
             decoder_layers=cfg.decoder_layers, k=cfg.k,
             lambda1=cfg.lambda1, lambda2=cfg.lambda2, gamma=cfg.gamma, gamma_floor=cfg.gamma_floor,
-            log_gamma_init=cfg.log_gamma_init, input_scale=scale,
+            log_gamma_init=cfg.log_gamma_init, sigma_init=cfg.sigma_init, input_scale=scale,
             source={"store": str(store.path.resolve()), **store.source},
             training={**asdict(cfg), "holdout_seed": cfg.seed, "normalization": {
                 "target_mean_norm": math.sqrt(store.d_in) if cfg.normalize else None,
