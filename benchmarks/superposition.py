@@ -65,9 +65,8 @@ def parse_args(argv=None):
                    help="TopK k grid")
     p.add_argument("--out", default="/tmp/saease-superposition")
     p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--data-seed", type=int, default=1,
-                   help="data seed; keep it different from --seed: with equal seeds the true directions are the "
-                        "very numbers torch.manual_seed(seed) draws for a linear decoder's initial W_dec")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="data seed (saease.synth.superposition offsets it, so equal to --seed is safe)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     return p.parse_args(argv)

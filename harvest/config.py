@@ -21,29 +21,33 @@ _NOT_IN_KEY = ("device", "out", "overwrite")
 @dataclass
 class HarvestConfig:
     model: str = field(default="pythia-70m-deduped", metadata={
-        "help": "TransformerLens model name, hub id (org/name) or local Hugging Face model folder"})
+        "help": "TransformerLens model name, hub id (org/name) or local Hugging Face model folder "
+                "(causal LMs, and BERT encoders such as a MiniLM BertModel folder)"})
     layer: int | None = field(default=None, metadata={
         "help": "block index to hook, 0-based (default: 2 like the paper, or the block of a full "
                 "--hook name)"})
     hook: str = field(default="resid_post", metadata={
         "help": f"hook in that block: {', '.join(SHORT_HOOKS)}, or a full hook name "
-                "such as blocks.2.hook_resid_post"})
+                "such as blocks.2.hook_resid_post (in a post-LN BERT resid_post is the vector passed "
+                "to the next block, blocks.L.hook_normalized_resid_post)"})
     raw: bool = field(default=False, metadata={
         "help": "keep the unprocessed Hugging Face weights (activations equal HF hidden states); "
                 "by default weights are processed like the paper's harvest (fold_ln, "
-                "center_writing_weights)"})
+                "center_writing_weights); BERTs are never processed"})
     dataset: str = field(default="NeelNanda/pile-10k", metadata={
         "help": "hub dataset id, or a local .jsonl/.json/.parquet/.csv/.txt file, a folder of "
                 "them, or a folder saved with datasets' save_to_disk"})
     split: str = field(default="train", metadata={"help": "dataset split (hub datasets and folders)"})
     text_column: str | None = field(default=None, metadata={
         "help": "column holding the documents (default: 'text', else the only string column)"})
-    context_size: int = field(default=256, metadata={"help": "tokens per context window"})
+    context_size: int = field(default=256, metadata={
+        "help": "tokens per context window (for a BERT including its [CLS] and [SEP])"})
     prepend_bos: bool = field(default=False, metadata={
-        "help": "start every window with the BOS token (the paper's harvest did not)"})
+        "help": "start every window with the BOS token (the paper's harvest did not; BERT windows "
+                "are always [CLS] … [SEP])"})
     skip_special: bool = field(default=False, metadata={
-        "help": "leave BOS/EOS and other special-token positions out of the store "
-                "(their norms are outliers); they still run through the model"})
+        "help": "leave BOS/EOS ([CLS]/[SEP]/[PAD] for a BERT) and other special-token positions "
+                "out of the store (their norms are outliers); they still run through the model"})
     max_rows: int = field(default=PAPER_ROWS, metadata={
         "help": "stop after this many activation rows (0: the whole dataset); the default is "
                 "the paper's 2,098,176"})

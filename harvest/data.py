@@ -7,6 +7,9 @@ special tokens, documents joined with one EOS token, the stream cut into `contex
 windows (`context_size - 1` tokens after a BOS with `prepend_bos`), the incomplete tail dropped.
 Unlike `tokenize_and_concatenate` the stream runs over the whole dataset (it does not restart
 every 1,000 documents), and empty documents are skipped.
+
+Encoders (BERT) get windows the BERT way (`window_frame`): documents joined with [SEP], every
+window `[CLS]` + `context_size - 2` tokens + `[SEP]`, as BERT saw its inputs in pretraining.
 """
 
 from __future__ import annotations
@@ -237,13 +240,40 @@ def _one_line(err: BaseException) -> str:
 # tokenization
 
 
-def special_ids(tokenizer) -> list[int]:
+def special_ids(tokenizer, encoder: bool = False) -> list[int]:
+    """Token ids whose positions `--skip-special` leaves out of the store.
+
+    Causal LMs: every special token, BOS/EOS/PAD/UNK included (byte-level BPE never emits UNK
+    for text; Pythia's UNK is its EOS). Encoders (WordPiece): [CLS]/[SEP]/[PAD]/[MASK] and any
+    other special token, but not [UNK], which stands for a real word of the text.
+    """
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        tid = getattr(tokenizer, name, None)
-        if tid is not None:
-            ids.add(int(tid))
+    names = ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id") if encoder else \
+        ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+    ids |= {int(t) for t in (getattr(tokenizer, n, None) for n in names) if t is not None}
+    if encoder:
+        ids.discard(getattr(tokenizer, "unk_token_id", None))
     return sorted(ids)
+
+
+def window_frame(tokenizer, *, encoder: bool = False, prepend_bos: bool = False) -> tuple[int, list[int], list[int]]:
+    """(token joining documents, tokens opening every window, tokens closing it).
+
+    Causal LMs: EOS joins; BOS opens with `prepend_bos`; nothing closes.
+    Encoders (BERT): [SEP] joins, [CLS] opens, [SEP] closes.
+    """
+    if encoder:
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        if cls is None or sep is None:
+            raise SaeaseError("the tokenizer of this encoder has no [CLS]/[SEP] token to frame windows with")
+        return sep, [cls], [sep]
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    if eos is None:
+        raise SaeaseError("the tokenizer of this model has no EOS token to join documents with")
+    if prepend_bos and bos is None:
+        raise SaeaseError("--prepend-bos: the tokenizer of this model has no BOS token")
+    return eos, ([bos] if prepend_bos else []), []
 
 
 def keep_mask(windows: torch.Tensor, skip: list[int] | None) -> torch.Tensor | None:
@@ -254,19 +284,17 @@ def keep_mask(windows: torch.Tensor, skip: list[int] | None) -> torch.Tensor | N
 
 
 def make_windows(ds, column: str, tokenizer, *, context_size: int, prepend_bos: bool = False,
-                 skip_ids: list[int] | None = None, max_rows: int = 0, progress: bool = False,
-                 name: str = "dataset") -> torch.Tensor:
+                 encoder: bool = False, skip_ids: list[int] | None = None, max_rows: int = 0,
+                 progress: bool = False, name: str = "dataset") -> torch.Tensor:
     """Token windows [n, context_size] (int64), just enough of them for `max_rows` stored rows
-    (0: all the windows the dataset makes)."""
+    (0: all the windows the dataset makes). `encoder`: BERT framing (see `window_frame`)."""
     from tqdm.auto import tqdm
 
-    eos = tokenizer.eos_token_id
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    if eos is None:
-        raise SaeaseError("the tokenizer of this model has no EOS token to join documents with")
-    if prepend_bos and bos is None:
-        raise SaeaseError("--prepend-bos: the tokenizer of this model has no BOS token")
-    body = context_size - 1 if prepend_bos else context_size
+    joiner, head, tail = window_frame(tokenizer, encoder=encoder, prepend_bos=prepend_bos)
+    body = context_size - len(head) - len(tail)
+    if body < 1:
+        raise SaeaseError(f"--context-size {context_size}: expected at least {len(head) + len(tail) + 1} "
+                          f"(the window holds {len(head) + len(tail)} framing tokens)")
     skip = torch.tensor(sorted(skip_ids or []), dtype=torch.int64)
     pending: list[np.ndarray] = []  # tokens not yet in a window
     n_pending = 0
@@ -284,7 +312,7 @@ def make_windows(ds, column: str, tokenizer, *, context_size: int, prepend_bos: 
             encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
             for ids in encoded:
                 if not first:
-                    pending.append(np.array([eos], dtype=np.int64))
+                    pending.append(np.array([joiner], dtype=np.int64))
                     n_pending += 1
                 first = False
                 pending.append(np.asarray(ids, dtype=np.int64))
@@ -295,8 +323,9 @@ def make_windows(ds, column: str, tokenizer, *, context_size: int, prepend_bos: 
             n_win = len(stream) // body
             block = torch.from_numpy(stream[: n_win * body].copy()).view(n_win, body)
             pending, n_pending = [stream[n_win * body:]], len(stream) - n_win * body
-            if prepend_bos:
-                block = torch.cat([torch.full((n_win, 1), bos, dtype=torch.int64), block], dim=1)
+            if head or tail:
+                block = torch.cat([torch.tensor(head, dtype=torch.int64).expand(n_win, -1), block,
+                                   torch.tensor(tail, dtype=torch.int64).expand(n_win, -1)], dim=1)
             if max_rows:
                 per_window = (context_size - torch.isin(block, skip).sum(1)) if len(skip) else \
                     torch.full((n_win,), context_size)

@@ -5,8 +5,9 @@ every rank with the same one-line error):
 
 1. The existing store in --out, from its manifest alone: finished with this configuration ->
    report and stop; another configuration -> refuse (unless --overwrite); else new or resume.
-2. The model (TransformerLens, through saease.models.load_model) and the hook, checked with a
-   two-token forward pass before anything is written.
+2. The model (TransformerLens, through saease.models.load_model: a HookedTransformer, or a
+   HookedEncoder for a BERT) and the hook, checked with a two-token forward pass before anything
+   is written.
 3. Rank 0: the windows (read back from contexts.safetensors when resuming, else the dataset
    tokenized), the store opened (saease.store.StoreWriter), contexts written, and the shards
    already on disk collected from the manifest and the per-rank progress files.
@@ -74,7 +75,7 @@ def _harvest(cfg: HarvestConfig, d: Dist) -> dict | None:
         other = d.agree(lambda: None if d.is_main else load_hooked_model(cfg, device))
         loaded = loaded if d.is_main else other
     model, hook, d_in = loaded
-    skip = _data.special_ids(model.tokenizer) if cfg.skip_special else None
+    skip = _data.special_ids(model.tokenizer, encoder=models.is_encoder(model)) if cfg.skip_special else None
 
     writer, windows, done = d.agree(
         lambda: _prepare_store(cfg, out, key, state, docs, model, hook, d_in, skip, d.is_main), only_main=True) \
@@ -137,6 +138,13 @@ def load_hooked_model(cfg: HarvestConfig, device: str):
     model = models.load_model(cfg.model, raw=cfg.raw, device=device)
     hook = models.hook_name(model, cfg.block, cfg.hook)
     n_ctx = model.cfg.n_ctx
+    if models.is_encoder(model):
+        if cfg.prepend_bos:
+            raise SaeaseError(f"--prepend-bos: {cfg.model} is an encoder (BERT), whose windows always open "
+                              "with [CLS] and close with [SEP]; drop --prepend-bos")
+        if cfg.context_size < 3:
+            raise SaeaseError(f"--context-size {cfg.context_size}: expected at least 3 for an encoder "
+                              "(the window holds [CLS] and [SEP])")
     if cfg.context_size > n_ctx:
         raise SaeaseError(f"--context-size {cfg.context_size} exceeds the model's context of {n_ctx} tokens; "
                           f"use at most {n_ctx}")
@@ -153,21 +161,25 @@ def _prepare_store(cfg, out, key, state, docs, model, hook, d_in, skip, show):
     """Rank 0: windows, the opened StoreWriter with contexts written, and the shards already done.
     `docs` is (dataset, text column), or None to read the windows back from contexts.safetensors."""
     text_column = None
+    encoder = models.is_encoder(model)
     if docs is None:
         windows = _read_contexts(out, cfg.context_size)
     else:
         ds, text_column = docs
         windows = _data.make_windows(ds, text_column, model.tokenizer, context_size=cfg.context_size,
-                                     prepend_bos=cfg.prepend_bos, skip_ids=skip, max_rows=cfg.max_rows,
-                                     progress=show, name=cfg.dataset)
+                                     prepend_bos=cfg.prepend_bos, encoder=encoder, skip_ids=skip,
+                                     max_rows=cfg.max_rows, progress=show, name=cfg.dataset)
     loaded = model.loaded
     source = {
         "model": loaded.name, "revision": loaded.revision, "tokenizer": loaded.tokenizer_name_or_path,
+        "architecture": loaded.architecture, "model_class": loaded.model_class,
+        "absent_weights_zeroed": list(loaded.absent),
         "hook": hook, "layer": models.hook_layer(hook) if hook.startswith("blocks.") else None,
-        "weights": "raw" if cfg.raw else "processed (fold_ln, center_writing_weights, center_unembed, "
-                                         "fold_value_biases)",
-        "processed": not cfg.raw, "dataset": key["dataset"], "split": cfg.split, "text_column": text_column,
+        "weights": _weights_label(loaded),
+        "processed": loaded.processed, "dataset": key["dataset"], "split": cfg.split, "text_column": text_column,
         "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos, "skip_special": cfg.skip_special,
+        "windows": "[CLS] + tokens + [SEP], documents joined with [SEP]" if encoder else
+                   ("BOS + " if cfg.prepend_bos else "") + "tokens, documents joined with EOS",
         "special_ids_skipped": skip or [], "d_model": model.cfg.d_model, "n_layers": model.cfg.n_layers,
     }
     writer = _store.StoreWriter(out, d_in=d_in, dtype=cfg.dtype, source=source, config=key,
@@ -180,6 +192,14 @@ def _prepare_store(cfg, out, key, state, docs, model, hook, d_in, skip, show):
     done = _shards_on_disk(out, key, writer.manifest, plan)
     _record(writer, done)
     return writer, windows, done
+
+
+def _weights_label(loaded: models.LoadedModel) -> str:
+    if loaded.model_class == "HookedEncoder":
+        return ("raw (post-LN BERT: TransformerLens does no weight processing; resid_post is "
+                "hook_normalized_resid_post = HF hidden_states[layer + 1])")
+    return "processed (fold_ln, center_writing_weights, center_unembed, fold_value_biases)" \
+        if loaded.processed else "raw"
 
 
 def _read_contexts(out: Path, context_size: int) -> torch.Tensor:
@@ -275,8 +295,9 @@ def _summary(out: Path, manifest: dict, status: str, **extra) -> dict:
     src = manifest.get("source", {})
     return {"store": str(out), "status": status, "n_rows": manifest["n_rows"],
             "n_shards": len(manifest["shards"]), "d_in": manifest["d_in"], "dtype": manifest["dtype"],
-            "model": src.get("model"), "hook": src.get("hook"), "weights": "raw" if src.get("processed") is False
-            else "processed", "tokenizer": src.get("tokenizer"), **extra}
+            "model": src.get("model"), "model_class": src.get("model_class", "HookedTransformer"),
+            "hook": src.get("hook"), "weights": "raw" if src.get("processed") is False else "processed",
+            "tokenizer": src.get("tokenizer"), **extra}
 
 
 def _gather_all(d: Dist, value) -> list:

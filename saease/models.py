@@ -1,13 +1,31 @@
-"""Load language models as TransformerLens `HookedTransformer`s and read activations at a hook.
+"""Load language models as TransformerLens models and read activations at a hook.
 
 Hub names (``pythia-70m``, ``EleutherAI/pythia-70m-deduped``, any TransformerLens name or
 ``org/name`` hub id) and local Hugging Face folders go through one code path: a hub name is
 first resolved to its snapshot folder in the local Hugging Face cache (downloading it only when
-the hub is reachable), then the folder is loaded with ``AutoModelForCausalLM`` /
-``AutoTokenizer`` and converted with TransformerLens's own config and weight converters.
+the hub is reachable), then the folder is loaded and converted with TransformerLens's own
+converters:
 
-`HookedTransformer.from_pretrained` itself only accepts official names (it calls
-``get_official_model_name`` before anything else), so we call the pieces it is made of.
+- causal LMs: ``AutoModelForCausalLM`` -> `HookedTransformer` (config and weight converters);
+- BERTs (``model_type == "bert"``, e.g. a ``BertModel`` checkpoint such as MiniLM):
+  ``BertForPreTraining`` -> `HookedEncoder` (TransformerLens's BERT weight converter). Heads the
+  checkpoint lacks (a ``BertModel`` has no MLM/NSP head) are zeroed, the unembedding stays tied
+  to the token embedding as in BERT, and ``model.loaded.absent`` lists them: the encoder's
+  activations are exact, its MLM logits are meaningless. TransformerLens does no weight
+  processing for post-LN BERTs, so ``processed`` is always False for them.
+
+`HookedTransformer.from_pretrained` / `HookedEncoder.from_pretrained` only accept official names
+(they call ``get_official_model_name`` before anything else), so we call the pieces they are made
+of.
+
+Hook names. ``hook_name(model, L, "resid_post")`` is the vector block L hands to block L + 1
+(Hugging Face's ``hidden_states[L + 1]``): ``blocks.L.hook_resid_post`` in a `HookedTransformer`;
+in a post-LN BERT that vector is the output of the block's last LayerNorm,
+``blocks.L.hook_normalized_resid_post`` (TransformerLens's ``blocks.L.hook_resid_post`` there is the
+sum before that LayerNorm; pass the full name to get it). ``resid_pre`` is the vector block L
+receives (``hidden_states[L]``) in both; ``resid_mid``, ``attn_out`` and ``mlp_out`` are
+TransformerLens's hooks of those names (in a BERT ``resid_mid`` is the pre-LayerNorm sum
+resid_pre + attn_out).
 """
 
 from __future__ import annotations
@@ -23,6 +41,9 @@ import torch
 from saease.errors import SaeaseError
 
 SHORT_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+# post-LN encoders: short name -> the hook holding the vector passed between blocks
+ENCODER_HOOKS = {"resid_post": "hook_normalized_resid_post"}
+ENCODER_MODEL_TYPES = ("bert",)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                  "pytorch_model.bin", "pytorch_model.bin.index.json")
 _HUB_TIMEOUT_S = 5.0
@@ -37,12 +58,21 @@ class LoadedModel:
     processed: True if TransformerLens weight processing (fold_ln, center_writing_weights,
         center_unembed, fold_value_biases) was applied; False for raw Hugging Face weights.
     revision: the hub snapshot's commit hash, None for a local folder.
+    architecture: the checkpoint's Hugging Face architecture (``config.architectures[0]``,
+        e.g. ``GPTNeoXForCausalLM``, ``BertModel``).
+    model_class: the TransformerLens class it was converted to (``HookedTransformer`` or
+        ``HookedEncoder``).
+    absent: parts the checkpoint lacks, zeroed at load (``cls.predictions``: the MLM head of a
+        ``BertModel`` checkpoint); they never affect the residual stream.
     """
 
     name: str
     tokenizer_name_or_path: str
     processed: bool
     revision: str | None = None
+    architecture: str | None = None
+    model_class: str = "HookedTransformer"
+    absent: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -55,13 +85,15 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
 ):
-    """Load a causal LM as a `HookedTransformer`, with identity in ``model.loaded`` (`LoadedModel`).
+    """Load a causal LM as a `HookedTransformer`, or a BERT as a `HookedEncoder`, with identity
+    in ``model.loaded`` (`LoadedModel`).
 
     raw=False applies TransformerLens's default processing (fold_ln, center_writing_weights,
     center_unembed, fold_value_biases), which leaves log-probs unchanged but makes every
     residual-stream vector mean-zero. raw=True keeps the Hugging Face weights as they are
     (`from_pretrained_no_processing` semantics): ``hook_resid_post`` equals HF hidden_states.
-    Weights are converted and processed in float32, then cast to `dtype`.
+    BERTs are never processed (post-LN: TransformerLens cannot fold their LayerNorms), whatever
+    `raw` says. Weights are converted and processed in float32, then cast to `dtype`.
     """
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
@@ -70,6 +102,11 @@ def load_model(
 
     hf_logging.disable_progress_bar()  # our own bars report progress; keep errors one line
     folder, tl_name, identity = _resolve(name_or_path)
+    hf_config = _read_config(folder, name_or_path)
+    architecture = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
+    identity = dataclasses.replace(identity, architecture=architecture)
+    if hf_config.model_type in ENCODER_MODEL_TYPES:
+        return _load_bert(folder, name_or_path, hf_config, identity, device=device, dtype=dtype)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
                                                         local_files_only=True)
@@ -102,11 +139,140 @@ def load_model(
     return model
 
 
+def is_encoder(model) -> bool:
+    """True for a `HookedEncoder` (a BERT): bidirectional, post-LN, windows framed by [CLS] … [SEP]."""
+    from transformer_lens import HookedEncoder
+
+    return isinstance(model, HookedEncoder)
+
+
+def _read_config(folder: str, name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise SaeaseError(f"cannot load model {name!r} from {folder}: {_one_line(e)}") from e
+
+
+def _load_bert(folder: str, name: str, hf_config, identity: LoadedModel, *, device, dtype):
+    """A BERT checkpoint (``BertModel``, ``BertForMaskedLM``, ``BertForPreTraining``) as a
+    `HookedEncoder`; see the module docstring for what happens to absent heads."""
+    from transformer_lens import HookedEncoder
+    from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights
+    from transformers import AutoTokenizer, BertForPreTraining
+    from transformers.utils import logging as hf_logging
+
+    _check_bert_config(hf_config, name)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized heads" report: handled below
+    try:
+        hf_model, info = BertForPreTraining.from_pretrained(
+            folder, dtype=torch.float32, local_files_only=True, output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise SaeaseError(f"cannot load model {name!r} from {folder}: {_one_line(e)}") from e
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = list(info["missing_keys"])
+    body = [k for k in missing if not k.startswith(("cls.", "bert.pooler."))]
+    if body:
+        raise SaeaseError(f"cannot load model {name!r}: its checkpoint lacks encoder weights "
+                          f"({', '.join(body[:3])}{', …' if len(body) > 3 else ''})")
+    if any(getattr(tokenizer, t, None) is None for t in ("cls_token_id", "sep_token_id")):
+        raise SaeaseError(f"cannot load model {name!r}: its tokenizer has no [CLS]/[SEP] token "
+                          "to frame the context windows with")
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = _bert_tl_config(hf_config, folder, device)
+    state_dict = convert_bert_weights(hf_model.eval(), cfg)
+    absent = _zero_absent_heads(state_dict, missing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "use TransformerBridge in 4.0"
+        model = HookedEncoder(cfg, tokenizer, move_to_device=False)
+    result = model.load_state_dict({k: v.detach().clone() for k, v in state_dict.items()}, strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if set(result.missing_keys) & params or result.unexpected_keys:
+        raise SaeaseError(f"cannot load model {name!r}: TransformerLens's BERT converter left "
+                          f"{sorted(set(result.missing_keys) & params)[:3]} unset")
+    del hf_model, state_dict
+    model.to(device, print_details=False)
+    if dtype != torch.float32:
+        model.to(dtype, print_details=False)
+    model.eval().requires_grad_(False)
+    model.loaded = dataclasses.replace(identity, processed=False, model_class="HookedEncoder",
+                                       absent=absent)
+    return model
+
+
+def _check_bert_config(hf_config, name: str) -> None:
+    """What TransformerLens's HookedEncoder can represent exactly."""
+    from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
+
+    problems = []
+    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+        problems.append(f"position_embedding_type {hf_config.position_embedding_type!r} (only 'absolute')")
+    if getattr(hf_config, "type_vocab_size", 2) != 2:
+        problems.append(f"type_vocab_size {hf_config.type_vocab_size} (only 2)")
+    if hf_config.hidden_act not in SUPPORTED_ACTIVATIONS:
+        problems.append(f"hidden_act {hf_config.hidden_act!r}")
+    if getattr(hf_config, "is_decoder", False):
+        problems.append("is_decoder=True (causal BERT)")
+    if problems:
+        raise SaeaseError(f"cannot load model {name!r}: TransformerLens's HookedEncoder does not "
+                          f"support this BERT ({'; '.join(problems)})")
+
+
+def _bert_tl_config(hf_config, folder: str, device: str):
+    """HookedTransformerConfig of a BERT, as TransformerLens's converter builds it for
+    ``BertForMaskedLM`` (convert_hf_model_config), which refuses other BERT architectures."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        d_model=hf_config.hidden_size,
+        d_head=hf_config.hidden_size // hf_config.num_attention_heads,
+        n_heads=hf_config.num_attention_heads,
+        d_mlp=hf_config.intermediate_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_ctx=hf_config.max_position_embeddings,
+        eps=hf_config.layer_norm_eps,
+        d_vocab=hf_config.vocab_size,
+        act_fn=hf_config.hidden_act,
+        attention_dir="bidirectional",
+        original_architecture="BertForMaskedLM",
+        model_name=Path(folder).name,
+        init_weights=False,
+        device=device,
+        dtype=torch.float32,
+    )
+
+
+def _zero_absent_heads(state_dict: dict, missing: list[str]) -> tuple[str, ...]:
+    """Zero the TransformerLens parameters whose Hugging Face weights the checkpoint lacks
+    (randomly initialised by from_pretrained); returns the absent HF modules."""
+    parts = {
+        "cls.predictions": ("mlm_head.W", "mlm_head.b", "mlm_head.ln.b", "unembed.b_U"),
+        "cls.seq_relationship": ("nsp_head.W", "nsp_head.b"),
+        "bert.pooler": ("pooler.W", "pooler.b"),
+    }
+    absent = []
+    for part, keys in parts.items():
+        # (cls.predictions.decoder.weight is tied to the token embedding: never missing, kept)
+        if any(k.startswith(part + ".") for k in missing):
+            absent.append(part)
+            for key in keys:
+                state_dict[key] = torch.zeros_like(state_dict[key])
+            if part == "cls.predictions":
+                state_dict["mlm_head.ln.w"] = torch.ones_like(state_dict["mlm_head.ln.w"])
+    return tuple(absent)
+
+
 def hook_name(model, layer: int, hook: str) -> str:
     """Full hook name for `hook` at `layer`: ``resid_post`` -> ``blocks.{layer}.hook_resid_post``.
 
     `hook` is one of SHORT_HOOKS or a full name already in ``model.hook_dict`` (then `layer` must
-    agree with the name's block, if it has one).
+    agree with the name's block, if it has one). In a BERT, ``resid_post`` ->
+    ``blocks.{layer}.hook_normalized_resid_post`` (the vector passed to the next block).
     """
     n_layers = model.cfg.n_layers
     if hook in model.hook_dict:
@@ -122,6 +288,8 @@ def hook_name(model, layer: int, hook: str) -> str:
     if not 0 <= layer < n_layers:
         raise SaeaseError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
     name = f"blocks.{layer}.hook_{hook}"
+    if is_encoder(model):
+        name = f"blocks.{layer}.{ENCODER_HOOKS.get(hook, 'hook_' + hook)}"
     if name not in model.hook_dict:
         available = [h for h in SHORT_HOOKS if f"blocks.{layer}.hook_{h}" in model.hook_dict]
         raise SaeaseError(f"hook {hook!r} does not exist in this model (e.g. no resid_mid when "
@@ -142,8 +310,8 @@ def run_to_hook(model, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
     """Activations at `hook_name` for `tokens` [batch, pos] -> [batch, pos, d_model].
 
     (Other hooks give their own shape, e.g. ``hook_z`` [batch, pos, n_heads, d_head].)
-    Runs only blocks 0..layer (``stop_at_layer``) and aborts the forward pass right after the
-    hook fires, so nothing downstream is computed. Uses no_grad rather than inference_mode so the
+    Runs only blocks 0..layer (``stop_at_layer``; a `HookedEncoder` has no such argument) and
+    aborts the forward pass right after the hook fires, so nothing downstream is computed. Uses no_grad rather than inference_mode so the
     result can feed a training step.
     """
     if hook_name not in model.hook_dict:
@@ -159,7 +327,10 @@ def run_to_hook(model, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
 
     with model.hooks(fwd_hooks=[(hook_name, capture)]):
         try:
-            model(tokens.to(model.cfg.device), stop_at_layer=None if layer is None else layer + 1)
+            if is_encoder(model):  # full windows: no attention mask, token types all 0
+                model(tokens.to(model.cfg.device), return_type=None)
+            else:
+                model(tokens.to(model.cfg.device), stop_at_layer=None if layer is None else layer + 1)
         except _StopForward:
             pass
     if "act" not in captured:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from saease.errors import SaeaseError
-from saease.models import hook_layer, hook_name, load_model, run_to_hook
+from saease.models import hook_layer, hook_name, is_encoder, load_model, run_to_hook
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,9 @@ def test_identity(tiny_pythia, raw_model, processed_model):
     assert processed_model.cfg.normalization_type == "LNPre"
     assert raw_model.cfg.normalization_type == "LN"
     assert raw_model.tokenizer.eos_token == "<|endoftext|>"
+    assert raw_model.loaded.architecture == "GPTNeoXForCausalLM"
+    assert raw_model.loaded.model_class == "HookedTransformer" and raw_model.loaded.absent == ()
+    assert not is_encoder(raw_model)  # BERTs: tests/test_harvest_encoder.py
 
 
 def test_raw_resid_post_matches_hf_hidden_states(raw_model, hf_model, tokens):
