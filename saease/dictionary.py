@@ -313,7 +313,7 @@ class Dictionary(nn.Module):
 
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> "Dictionary":
-        from saease.store import read_json
+        from saease.store import load_safetensors, read_json
 
         path = Path(path)
         if not (path / "config.json").exists():
@@ -330,12 +330,7 @@ class Dictionary(nn.Module):
         cfg = DictionaryConfig(**{k: v for k, v in raw.items() if k in known})
         model = cls(cfg)
         weights = path / "dictionary.safetensors"
-        if not weights.exists():
-            raise SaeaseError(f"{weights}: missing; the dictionary folder is incomplete")
-        try:
-            state = safetensors.torch.load_file(str(weights))
-        except Exception as err:  # safetensors raises its own error types
-            raise SaeaseError(f"{weights}: not a readable safetensors file ({err})") from None
+        state = load_safetensors(weights, "dictionary")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SaeaseError(f"{weights}: tensors do not match a {cfg.kind} dictionary "

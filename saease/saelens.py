@@ -38,6 +38,7 @@ import torch
 
 from saease.dictionary import Dictionary, DictionaryConfig
 from saease.errors import SaeaseError
+from saease.store import atomic_write_bytes, atomic_write_json, load_safetensors
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -66,7 +67,6 @@ def export_refusal(cfg: DictionaryConfig) -> str | None:
 def export_saelens(dictionary: Dictionary | str | Path, out: str | Path) -> Path:
     """Write `dictionary` to folder `out` as a SAELens SAE (cfg.json + sae_weights.safetensors)
     such that `sae_lens.SAE.load_from_disk(out)` encodes and decodes like `dictionary`."""
-    from saease.store import atomic_write_bytes, atomic_write_json
 
     if not isinstance(dictionary, Dictionary):
         dictionary = Dictionary.load(dictionary)
@@ -213,12 +213,7 @@ def import_saelens(path: str | Path) -> Dictionary:
 
 def _read_weights(path: Path, sae: SAELensSAE) -> dict[str, torch.Tensor]:
     weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise SaeaseError(f"{weights}: missing; the SAELens folder is incomplete")
-    try:
-        state = safetensors.torch.load_file(str(weights))
-    except Exception as err:  # safetensors raises its own error types
-        raise SaeaseError(f"{weights}: not a readable safetensors file ({err})") from None
+    state = load_safetensors(weights, "SAELens")
     shapes = {"W_enc": (sae.d_in, sae.d_sae), "b_enc": (sae.d_sae,),
               "W_dec": (sae.d_sae, sae.d_in), "b_dec": (sae.d_in,)}
     if sae.architecture == "jumprelu":

@@ -65,6 +65,17 @@ def read_json(path: Path, what: str) -> dict:
         raise SaeaseError(f"{path}: not valid JSON ({err.msg if hasattr(err, 'msg') else err}); {what} expected") from None
 
 
+def load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, or fail with one line saying the `what` folder is incomplete/damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaeaseError(f"{path}: missing; the {what} folder is incomplete")
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise SaeaseError(f"{path}: not a readable safetensors file ({err})") from None
+
+
 def check_finite(acts: torch.Tensor, what: str) -> None:
     if not torch.isfinite(acts).all():
         bad = (~torch.isfinite(acts)).any(dim=-1).nonzero()[:5].flatten().tolist()
