@@ -66,7 +66,9 @@ def add_arguments(parser) -> None:
 def load_dictionaries(paths: list[str], device) -> list[tuple[str, Dictionary]]:
     if not paths:
         raise SaeaseError("no dictionary given; pass one or more folders written by `saease train`")
-    return [(p, Dictionary.load(p, device=device)) for p in paths]
+    from saease.saelens import load_any  # our folders, or SAELens SAE folders (cfg.json)
+
+    return [(p, load_any(p, device=device)) for p in paths]
 
 
 def check_config(cfg: EvalConfig) -> None:

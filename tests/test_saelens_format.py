@@ -182,6 +182,9 @@ def test_cli_and_eval_on_an_imported_sae(tmp_path):
     _, recons = saelens_math(folder, x)
     assert find_number(metrics, "re") == pytest.approx((x - recons).pow(2).sum(-1).mean().item(), rel=1e-4)
     assert load_any(folder).kind == load_any(tmp_path / "dict").kind == "sae-l1"
+    direct = run_cli("eval", folder, "--data", store.path, "--no-loss", "--no-progress", "--json")  # no import step
+    assert direct.returncode == 0, direct.stderr
+    assert find_number(json.loads(direct.stdout.strip().splitlines()[-1]), "re") == pytest.approx(find_number(metrics, "re"))
     summary = run(parse("export", tmp_path / "dict", "--out", tmp_path / "again"))
     assert summary["architecture"] == "standard" and (tmp_path / "again" / "cfg.json").is_file()
 

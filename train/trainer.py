@@ -260,12 +260,6 @@ def make_step(cfg: TrainConfig, model: Dictionary, noise: torch.Generator, procs
     return AutogradStep(model, noise, bf16=cfg.precision == "bf16", compile=cfg.compile)
 
 
-def input_scale(store: ActivationStore, max_rows: int = 65536) -> float:
-    """Factor that brings the mean activation norm to sqrt(d_in) (estimated on the first rows)."""
-    x = store.read_all(max_rows=max_rows)
-    return math.sqrt(store.d_in) / x.norm(dim=-1).mean().item()
-
-
 def heldout_batches(store: ActivationStore, fraction: float, seed: int, batch_size: int = 8192):
     """(acts, labels) batches of the held-out rows, shard by shard, for `evaluate`."""
     test = holdout_mask(store.n_rows, fraction, seed)
