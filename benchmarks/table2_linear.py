@@ -27,7 +27,7 @@ import torch
 # script's folder first on sys.path).
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from eval.reproduce import PAPER_TABLE2, ad_table, kinds_arg, train_kinds
+from eval.reproduce import PAPER_TABLE2, ad_table, per_manifold_results, kinds_arg, train_kinds
 from saease.store import write_store
 from saease.synth import subspaces
 from saease.synth_cli import _int_list
@@ -80,9 +80,7 @@ def main(argv=None) -> dict:
     print(ad_table(results, args.dims, paper))
     summary = {"benchmark": "table2_linear", "n": args.n, "epochs": args.epochs, "dims": args.dims,
                "ambient": args.ambient, "d_latent": args.d_latent, "seconds": round(time.time() - started, 1),
-               "results": {k: {"ad_per_manifold": [r["ad_per_label"][str(i)] for i in range(len(args.dims))],
-                               "ad_per_manifold_per_sample": [r["ad_per_label_per_sample"][str(i)] for i in range(len(args.dims))],
-                               "re": r["re"], "ad": r["ad"], "out": r["out"]} for k, r in results.items()},
+               "results": per_manifold_results(results, len(args.dims)),
                "paper": paper}
     print(json.dumps(summary))
     return summary

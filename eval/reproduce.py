@@ -121,6 +121,13 @@ def ad_table(results: dict[str, dict], truth: list[int], paper: dict | None) -> 
     return "\n".join(lines)
 
 
+def per_manifold_results(results: dict[str, dict], n_groups: int) -> dict[str, dict]:
+    """The JSON figures of a Table 2 run: per kind, AD per manifold (group and per-sample), RE, AD."""
+    return {k: {"ad_per_manifold": [r["ad_per_label"][str(i)] for i in range(n_groups)],
+                "ad_per_manifold_per_sample": [r["ad_per_label_per_sample"][str(i)] for i in range(n_groups)],
+                "re": r["re"], "ad": r["ad"], "out": r["out"]} for k, r in results.items()}
+
+
 def table3_table(results: dict[str, dict]) -> str:
     lines = ["| model | RE | AD | paper RE | paper AD |", "| --- | --- | --- | --- | --- |"]
     for kind in ORDER:
