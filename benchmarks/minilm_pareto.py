@@ -43,16 +43,13 @@ from saease.store import ActivationStore, holdout_mask
 
 
 class StudyDictionary(Dictionary):
-    """Dictionary plus the two options under study (VAE kinds only):
-    sigma_init: σ² at initialisation (b_sig = logit σ²); the core starts at 0.5.
-    mu: "relu" (the core's text encoder) or "identity" (no ReLU on the mean head)."""
+    """Dictionary plus the option under study that the core lacks (VAE kinds, text encoder):
+    mu = "relu" (the core's mean head) or "identity" (no ReLU on the mean head). The initial σ²
+    is the core's `DictionaryConfig.sigma_init`."""
 
-    def __init__(self, cfg: DictionaryConfig, sigma_init: float | None = None, mu: str = "relu"):
+    def __init__(self, cfg: DictionaryConfig, mu: str = "relu"):
         super().__init__(cfg)
         self.mu_identity = cfg.is_vae and cfg.encoder == "text" and mu == "identity"
-        if cfg.is_vae and sigma_init is not None:
-            with torch.no_grad():
-                self.b_sig.fill_(math.log(sigma_init / (1 - sigma_init)))
 
     def encoder_output(self, x_scaled):
         enc = super().encoder_output(x_scaled)
@@ -62,11 +59,11 @@ class StudyDictionary(Dictionary):
 
 
 def train_point(kind: str, x_train: torch.Tensor, *, steps: int, batch_size: int, lr: float, d_latent: int,
-                seed: int, sigma_init=None, mu="relu", **dict_kw) -> tuple[Dictionary, float]:
+                seed: int, mu="relu", **dict_kw) -> tuple[Dictionary, float]:
     torch.manual_seed(seed)
     scale = math.sqrt(x_train.shape[1]) / x_train[:65536].norm(dim=-1).mean().item()
     cfg = DictionaryConfig(kind=kind, d_in=x_train.shape[1], d_latent=d_latent, input_scale=scale, **dict_kw)
-    model = StudyDictionary(cfg, sigma_init=sigma_init, mu=mu)
+    model = StudyDictionary(cfg, mu=mu)
     gen = torch.Generator().manual_seed(seed)
     order, at = torch.randperm(len(x_train), generator=gen), 0
     with torch.no_grad():
@@ -165,7 +162,8 @@ def main(argv=None) -> dict:
             + [("sae-log", f"λ1={v:g}", dict(lambda1=v, lambda2=a.lambda2)) for v in parse_grid(a.log_grid, float)]
             + [("sae-topk", f"k={v}", dict(k=v)) for v in parse_grid(a.k_grid, int)]
             + [("vae", "-", {}),
-               ("vaease", "-", dict(sigma_init=a.vaease_sigma_init, mu=a.vaease_mu))])
+               ("vaease", "-", dict(mu=a.vaease_mu, **({} if a.vaease_sigma_init is None
+                                                       else {"sigma_init": a.vaease_sigma_init})))])
     if a.only:
         wanted = set(a.only.split(","))
         plan = [row for row in plan if row[0] in wanted]

@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_study_dictionary_options_change_init_and_mean_head():
     base = pareto.StudyDictionary(cfg).encoder_output(x)
     assert base.var.mean().item() == pytest.approx(0.5, abs=0.02)  # the core's σ² = sigmoid(0)
     assert (base.mu >= 0).all()
-    study = pareto.StudyDictionary(cfg, sigma_init=0.02, mu="identity").encoder_output(x)
+    study = pareto.StudyDictionary(replace(cfg, sigma_init=0.02), mu="identity").encoder_output(x)
     assert study.var.mean().item() == pytest.approx(0.02, abs=0.005)
     assert (study.mu < 0).any()  # no ReLU on the mean head
 
