@@ -15,15 +15,11 @@ row, then one JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import functools
 import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -32,7 +28,6 @@ import torch
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from eval.reproduce import PAPER_TABLE2, ad_table, per_manifold_results, kinds_arg, train_kinds
-from saease.dictionary import DictionaryConfig
 from saease.store import write_store
 from saease.synth import manifolds
 from saease.synth_cli import _int_list
@@ -62,21 +57,13 @@ def parse_args(argv=None):
 def configs(args, store) -> dict[str, TrainConfig]:
     steps_per_epoch = -(-int(store.n_rows * 0.9) // args.batch_size)
     base = TrainConfig(data=str(store.path), d_latent=args.d_latent, encoder="residual", encoder_layers=3,
-                       decoder_layers=2, epochs=args.epochs, batch_size=args.batch_size, lr=0.005,
+                       encoder_hidden=args.encoder_hidden, decoder_layers=2, epochs=args.epochs, batch_size=args.batch_size, lr=0.005,
                        t0=max(1, round(args.t0_epochs * steps_per_epoch)), t_mult=2, normalize=False,
                        holdout=0.1, seed=args.seed, device=args.device, progress=args.progress,
                        overwrite=True, checkpoint_every=0, threads=args.threads)
     per_kind = {"vaease": {}, "vae": {}, "sae-l1": dict(lambda1=5e-4, lambda2=1e-5),
                 "sae-log": dict(lambda1=5e-6, lambda2=1e-5), "sae-topk": dict(k=max(args.dims))}
     return {k: replace(base, kind=k, out=str(Path(args.out) / k), **per_kind[k]) for k in args.kinds}
-
-
-def encoder_hidden(width: int | None):
-    """Pass the residual width to the trainer. TrainConfig has no `encoder_hidden` flag yet, so
-    until it does, give DictionaryConfig that default while the trainer builds the dictionary."""
-    if width is None or "encoder_hidden" in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return contextlib.nullcontext()
-    return mock.patch("train.trainer.DictionaryConfig", functools.partial(DictionaryConfig, encoder_hidden=width))
 
 
 def main(argv=None) -> dict:
@@ -90,11 +77,7 @@ def main(argv=None) -> dict:
           f"κ = {args.d_latent}, residual width {hidden}, {args.epochs} epochs; mean ‖x‖² = "
           f"{x.pow(2).sum(-1).mean():.3g}", flush=True)
     started = time.time()
-    cfgs = configs(args, store)
-    if "encoder_hidden" in {f.name for f in dataclasses.fields(TrainConfig)}:
-        cfgs = {k: replace(c, encoder_hidden=args.encoder_hidden) for k, c in cfgs.items()}
-    with encoder_hidden(args.encoder_hidden):
-        results = train_kinds(cfgs)
+    results = train_kinds(configs(args, store))
     paper = PAPER_TABLE2["nonlinear"] if args.dims == [5, 5, 10, 10] and args.ambient == 100 else None
     print(ad_table(results, args.dims, paper))
     summary = {"benchmark": "table2_nonlinear", "n_per": args.n_per, "epochs": args.epochs, "dims": args.dims,

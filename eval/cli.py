@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from eval.evaluator import Evaluation, Options, add_loss, evaluate_store, feature_report, store_tokenizer
 from eval.html import write_html
 from eval.plots import plot_masking, write_masking_csv
@@ -25,7 +27,7 @@ from saease.cli import dataclass_args, dataclass_from_args
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
 from saease.metrics import MaskingCurve
-from saease.store import atomic_write_bytes, atomic_write_json
+from saease.store import ActivationStore, atomic_write_bytes, atomic_write_json
 from train.devices import pick_device
 
 
@@ -63,6 +65,15 @@ def add_arguments(parser) -> None:
     dataclass_args(parser, EvalConfig, positional=("dictionaries",))
 
 
+def open_inputs(cfg) -> tuple[torch.device, list[tuple[str, Dictionary]], ActivationStore]:
+    """Check the config, then the device, the dictionaries and the store (`saease eval` and
+    `saease compare` share this)."""
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    dictionaries = load_dictionaries(cfg.dictionaries, device)
+    return device, dictionaries, open_store(cfg.data or training_store(dictionaries[0][1], cfg.dictionaries[0]))
+
+
 def load_dictionaries(paths: list[str], device) -> list[tuple[str, Dictionary]]:
     if not paths:
         raise SaeaseError("no dictionary given; pass one or more folders written by `saease train`")
@@ -94,11 +105,8 @@ def summary_of(e: Evaluation, store) -> dict:
 
 def run(args) -> dict:
     cfg = dataclass_from_args(EvalConfig, args)
-    check_config(cfg)
+    device, dictionaries, store = open_inputs(cfg)
     notes = Notes()
-    device = pick_device(cfg.device)
-    dictionaries = load_dictionaries(cfg.dictionaries, device)
-    store = open_store(cfg.data or training_store(dictionaries[0][1], cfg.dictionaries[0]))
     out = Path(cfg.out) if cfg.out else None
     opts = Options(all_rows=cfg.all_rows, batch_size=cfg.batch_size, masking=cfg.masking,
                    masking_method=cfg.masking_method, features=out is not None, top_n=cfg.top_n,

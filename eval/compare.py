@@ -11,12 +11,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.cli import check_config, load_dictionaries
+from eval.cli import open_inputs
 from eval.evaluator import Options, add_loss, evaluate_store
-from eval.stream import Notes, open_store, training_store
+from eval.stream import Notes
 from saease.cli import dataclass_args, dataclass_from_args
 from saease.store import atomic_write_bytes
-from train.devices import pick_device
 
 COLUMNS = [  # (key, header, format)
     ("re", "RE", "{:.4g}"), ("ad", "AD", "{:.1f}"), ("l0", "L0", "{:.1f}"),
@@ -61,11 +60,8 @@ def table(rows: list[dict]) -> str:
 
 def run(args) -> dict | None:
     cfg = dataclass_from_args(CompareConfig, args)
-    check_config(cfg)
+    device, dictionaries, store = open_inputs(cfg)
     notes = Notes()
-    device = pick_device(cfg.device)
-    dictionaries = load_dictionaries(cfg.dictionaries, device)
-    store = open_store(cfg.data or training_store(dictionaries[0][1], cfg.dictionaries[0]))
     opts = Options(all_rows=cfg.all_rows, batch_size=cfg.batch_size, masking=False, features=False,
                    progress=cfg.progress)
     evals = evaluate_store(dictionaries, store, opts, notes)

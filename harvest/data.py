@@ -149,8 +149,6 @@ def _load_folder(path: Path, split: str):
 
 def _load_hub(name: str, split: str):
     """A hub dataset; fails within seconds when the hub cannot be reached and nothing is cached."""
-    import datasets
-
     hint = "pass a local file or folder with --dataset (jsonl, parquet, txt, csv or a saved dataset)"
     if not _offline():
         from huggingface_hub import HfApi

@@ -29,7 +29,7 @@ from train.loader import ShuffledBatches
 from train.monitor import Monitor
 from train.step import AutogradStep, FusedStep, fusable
 
-__all__ = ["train", "pick_device", "heldout_batches", "input_scale"]
+__all__ = ["train", "pick_device", "heldout_batches"]
 
 
 def train(cfg: TrainConfig) -> tuple[Dictionary, dict]:
@@ -268,5 +268,5 @@ def heldout_batches(store: ActivationStore, fraction: float, seed: int, batch_si
         rows = test[offsets[i]:offsets[i + 1]] if fraction > 0 else torch.ones(len(shard.acts), dtype=torch.bool)
         acts = shard.acts[rows]
         labels = shard.columns["labels"][rows] if "labels" in shard.columns else None
-        for start in range(0, len(acts), batch_size):
-            yield acts[start:start + batch_size], None if labels is None else labels[start:start + batch_size]
+        for i0 in range(0, len(acts), batch_size):
+            yield acts[i0:i0 + batch_size], None if labels is None else labels[i0:i0 + batch_size]
