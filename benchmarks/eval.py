@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.evaluator import Options, evaluate_store  # noqa: E402
-from eval.stream import Notes  # noqa: E402
-from saease import Dictionary, DictionaryConfig, StoreWriter  # noqa: E402
-from saease.metrics import MaskingCurve, encode_batch  # noqa: E402
+from saease.eval.evaluator import Options, evaluate_store
+from saease.eval.stream import Notes
+from saease import Dictionary, DictionaryConfig, StoreWriter
+from saease.metrics import MaskingCurve, encode_batch
 
 
 def make_store(path: Path, rows: int, d_in: int, ctx: int = 256, shard_rows: int = 16384):

@@ -21,11 +21,8 @@ from pathlib import Path
 
 import torch
 
-# Import the `eval` package, not a benchmarks/eval.py beside this script (python puts the
-# script's folder first on sys.path).
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from eval.reproduce import LABELS, ORDER, heldout_rows, plot_masking_curves
+from saease.recipes.reproduce import LABELS, ORDER, heldout_rows, plot_masking_curves
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
 from saease.metrics import masking_curve

@@ -33,16 +33,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from harvest.config import HarvestConfig  # noqa: E402
-from harvest.loop import _manifest_recorder, harvest_shards, run_harvest  # noqa: E402
-from harvest.plan import Plan  # noqa: E402
-from saease import models  # noqa: E402
-from saease.store import StoreWriter  # noqa: E402
+from saease.harvest.config import HarvestConfig
+from saease.harvest.loop import _manifest_recorder, harvest_shards, run_harvest
+from saease.harvest.plan import Plan
+from saease import models
+from saease.store import StoreWriter
 
 SHAPES = {
     # pythia-70m(-deduped): GPTNeoX, d 512, 6 layers, 8 heads, MLP 2048, rotary 25%, parallel residual

@@ -27,18 +27,15 @@ from pathlib import Path
 
 import torch
 
-# Import the `eval` package, not a benchmarks/eval.py beside this script (python puts the
-# script's folder first on sys.path).
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 import torch.nn.functional as F
 
-from eval.reproduce import LABELS, ORDER, fmt
+from saease.recipes.reproduce import LABELS, ORDER, fmt
 from saease.dictionary import Dictionary
 from saease.metrics import active_count
 from saease.store import holdout_mask, write_store
 from saease.synth import superposition
-from train.config import TrainConfig
-from train.trainer import train
+from saease.train.config import TrainConfig
+from saease.train.trainer import train
 
 
 def floats(text: str) -> list[float]:

@@ -23,15 +23,12 @@ from pathlib import Path
 
 import torch
 
-# Import the `eval` package, not a benchmarks/eval.py beside this script (python puts the
-# script's folder first on sys.path).
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from eval.reproduce import PAPER_TABLE2, ad_table, per_manifold_results, kinds_arg, train_kinds
+from saease.recipes.reproduce import PAPER_TABLE2, ad_table, per_manifold_results, kinds_arg, train_kinds
 from saease.store import write_store
 from saease.synth import subspaces
 from saease.synth_cli import _int_list
-from train.config import TrainConfig
+from saease.train.config import TrainConfig
 
 
 def parse_args(argv=None):

@@ -34,11 +34,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `train` package, not this file
-from saease.store import StoreWriter, write_store  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
-from train.loader import ShuffledBatches  # noqa: E402
-from train.trainer import train  # noqa: E402
+from saease.store import StoreWriter, write_store
+from saease.train.config import TrainConfig
+from saease.train.loader import ShuffledBatches
+from saease.train.trainer import train
 
 D_IN = 512
 FLOPS_PER_VECTOR = {"sae-l1": 10, "vaease": 14}  # × d·κ

@@ -30,8 +30,8 @@ D_IN, SHARD_ROWS = 512, 65536
 CHILD = """
 import json, resource, sys, time, torch
 torch.set_num_threads(2)
-from train.config import TrainConfig
-from train.trainer import train
+from saease.train.config import TrainConfig
+from saease.train.trainer import train
 start = time.perf_counter()
 _, s = train(TrainConfig(data=sys.argv[1], out=sys.argv[2], max_steps=int(sys.argv[3]), checkpoint_every=0,
                          progress=False, overwrite=True, device="cpu"))

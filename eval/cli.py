@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
-from eval.evaluator import Evaluation, Options, add_loss, evaluate_store, feature_report, store_tokenizer
-from eval.html import write_html
-from eval.plots import plot_masking, write_masking_csv
-from eval.stream import Notes, open_store, training_store
+from saease.eval.evaluator import Evaluation, Options, add_loss, evaluate_store, feature_report, store_tokenizer
+from saease.eval.html import write_html
+from saease.eval.plots import plot_masking, write_masking_csv
+from saease.eval.stream import Notes, open_store, training_store
 from saease.cli import dataclass_args, dataclass_from_args
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
 from saease.metrics import MaskingCurve
 from saease.store import ActivationStore, atomic_write_bytes, atomic_write_json
-from train.devices import pick_device
+from saease.train.devices import pick_device
 
 
 @dataclass
@@ -128,7 +128,7 @@ def run(args) -> dict:
     if not as_json:
         summary.pop("warnings", None)  # already printed to stderr as they came
     if len(evals) > 1 and not as_json:  # several: a table reads better
-        from eval.compare import table
+        from saease.eval.compare import table
 
         print(f"store: {store.path}")
         print(table([{**s, "dictionary": e.name} for s, e in zip(summaries, evals)]))

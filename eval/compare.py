@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.cli import open_inputs
-from eval.evaluator import Options, add_loss, evaluate_store
-from eval.stream import Notes
+from saease.eval.cli import open_inputs
+from saease.eval.evaluator import Options, add_loss, evaluate_store
+from saease.eval.stream import Notes
 from saease.cli import dataclass_args, dataclass_from_args
 from saease.store import atomic_write_bytes
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from eval.features import HIST_EDGES, FeatureStats, feature_records, load_tokenizer
-from eval.stream import Notes, check_pairing, eval_rows, stream
+from saease.eval.features import HIST_EDGES, FeatureStats, feature_records, load_tokenizer
+from saease.eval.stream import Notes, check_pairing, eval_rows, stream
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
 from saease.metrics import MaskingCurve, Metrics, encode_batch
@@ -186,7 +186,7 @@ def loss_source(e: Evaluation, store: ActivationStore, model_override: str | Non
 def add_loss(evals: list[Evaluation], store: ActivationStore, *, mode: bool | None, n_seqs: int, seed: int,
              model_override: str | None, device, notes: Notes, progress: bool, batch_size: int = 8) -> None:
     """Fill `e.loss` for each evaluation. mode None = where possible (else a warning), True = required."""
-    from eval.loss import loss_recovered, pick_sequences
+    from saease.eval.loss import loss_recovered, pick_sequences
 
     if mode is False:
         return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eval.stream import Batch, Notes
+from saease.eval.stream import Batch, Notes
 from saease.metrics import Encoded
 
 # log10 |z| bin edges: 32 bins of 0.25 from 1e-4 to 1e4; values outside land in the end bins.

@@ -10,6 +10,6 @@ activation store (SPEC §4).
     harvest.cli      `saease harvest` (add_arguments / run)
 """
 
-from harvest.config import HarvestConfig
+from saease.harvest.config import HarvestConfig
 
 __all__ = ["HarvestConfig"]

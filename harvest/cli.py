@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harvest.config import HarvestConfig
+from saease.harvest.config import HarvestConfig
 
 Config = HarvestConfig
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> dict | None:
-    from harvest.loop import run_harvest
+    from saease.harvest.loop import run_harvest
     from saease.cli import dataclass_from_args
 
     cfg = args if isinstance(args, HarvestConfig) else dataclass_from_args(HarvestConfig, args)

@@ -30,11 +30,11 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from harvest import data as _data
-from harvest.config import HarvestConfig
-from harvest.dist import Dist
-from harvest.plan import Plan
-from harvest.writer import SHARD_RE, ShardWriter, shard_index
+from saease.harvest import data as _data
+from saease.harvest.config import HarvestConfig
+from saease.harvest.dist import Dist
+from saease.harvest.plan import Plan
+from saease.harvest.writer import SHARD_RE, ShardWriter, shard_index
 from saease import models
 from saease import store as _store
 from saease.errors import SaeaseError

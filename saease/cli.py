@@ -19,16 +19,16 @@ from saease.errors import SaeaseError
 
 # command -> (module, help). Imported lazily so `saease --help` is instant.
 COMMANDS = {
-    "harvest": ("harvest.cli", "hook a model layer over a dataset and write an activation store"),
-    "train": ("train.cli", "train a dictionary on an activation store"),
-    "eval": ("eval.cli", "evaluate dictionaries: RE, AD, masking curves, top tokens"),
-    "compare": ("eval.compare", "compare dictionaries in the paper's Table 3 layout"),
+    "harvest": ("saease.harvest.cli", "hook a model layer over a dataset and write an activation store"),
+    "train": ("saease.train.cli", "train a dictionary on an activation store"),
+    "eval": ("saease.eval.cli", "evaluate dictionaries: RE, AD, masking curves, top tokens"),
+    "compare": ("saease.eval.compare", "compare dictionaries in the paper's Table 3 layout"),
     "import": ("saease.importer", "bring an array (.npy/.pt/.safetensors) in as a store"),
     "synth": ("saease.synth_cli", "make the paper's synthetic datasets as stores"),
     "saelens": ("saease.saelens", "export dictionaries to SAELens's format or import SAELens SAEs"),
-    "sweep": ("train.sweep", "run or register a W&B sweep"),
-    "reproduce": ("eval.reproduce", "reproduce the paper's tables end to end"),
-    "demo": ("eval.demo", "two-minute offline quickstart: VAEase vs VAE on subspaces"),
+    "sweep": ("saease.train.sweep", "run or register a W&B sweep"),
+    "reproduce": ("saease.recipes.reproduce", "reproduce the paper's tables end to end"),
+    "demo": ("saease.recipes.demo", "two-minute offline quickstart: VAEase vs VAE on subspaces"),
 }
 
 

@@ -17,9 +17,9 @@ import torch
 from cli_runner import run_cli as saease
 from conftest import english_like_docs
 
-from eval.evaluator import Options, evaluate_store
-from eval.loss import loss_recovered
-from eval.stream import Notes
+from saease.eval.evaluator import Options, evaluate_store
+from saease.eval.loss import loss_recovered
+from saease.eval.stream import Notes
 from saease import ActivationStore, Dictionary, DictionaryConfig, SaeaseError, StoreWriter
 from saease.metrics import MaskingCurve, active_mask, encode_batch, evaluate, masking_curve, tensor_batches
 from saease.models import load_model, run_to_hook

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harvest import data as hdata
-from harvest import writer as hwriter
-from harvest.cli import run as cli_run
-from harvest.config import HarvestConfig
-from harvest.loop import run_harvest
-from harvest.plan import Plan
+from saease.harvest import data as hdata
+from saease.harvest import writer as hwriter
+from saease.harvest.cli import run as cli_run
+from saease.harvest.config import HarvestConfig
+from saease.harvest.loop import run_harvest
+from saease.harvest.plan import Plan
 from saease import models
 from saease.errors import SaeaseError
 from saease.store import ActivationStore
@@ -479,7 +479,7 @@ def test_plan_covers_every_row_once():
 def test_cli_run_accepts_config_and_namespace(tiny_pythia, tiny_text_dataset, tmp_path):
     import argparse
 
-    from harvest.cli import add_arguments
+    from saease.harvest.cli import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import english_like_docs
-from harvest import writer as hwriter
-from harvest.config import HarvestConfig
-from harvest.loop import run_harvest
+from saease.harvest import writer as hwriter
+from saease.harvest.config import HarvestConfig
+from saease.harvest.loop import run_harvest
 from saease import models
 from saease.errors import SaeaseError
 from saease.store import ActivationStore

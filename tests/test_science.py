@@ -11,7 +11,7 @@ from saease.dictionary import gaussian_nll, kl_divergence
 from saease.metrics import active_count
 from saease.store import write_store
 from saease.synth import subspaces
-from train import TrainConfig, train
+from saease.train import TrainConfig, train
 
 X, GAMMA = 2.0, 0.01
 

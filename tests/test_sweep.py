@@ -15,7 +15,7 @@ import yaml
 from saease.cli import main
 from saease.errors import SaeaseError
 from saease.store import write_store
-from train import sweep
+from saease.train import sweep
 from test_train_support import one_thread  # noqa: F401  (autouse)
 
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -15,7 +15,7 @@ import yaml
 from saease.cli import main
 from saease.dictionary import Dictionary
 from saease.store import StoreWriter, holdout_mask
-from train.config import TrainConfig
+from saease.train.config import TrainConfig
 from test_train_support import one_thread, small_store  # noqa: F401  (one_thread: autouse)
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -71,7 +71,7 @@ def test_train_with_no_arguments_uses_the_newest_store(tmp_path, monkeypatch, ca
 
 
 def test_reported_re_is_in_the_stores_units(tmp_path):
-    from train import train
+    from saease.train import train
 
     a = small_store(tmp_path / "a")
     b = small_store(tmp_path / "b", scale=10.0)
@@ -83,7 +83,7 @@ def test_reported_re_is_in_the_stores_units(tmp_path):
 
 
 def test_fused_and_autograd_steps_train_the_same_dictionary(tmp_path):
-    from train import train
+    from saease.train import train
 
     s = small_store(tmp_path / "s")
     train(quick(s, tmp_path / "fused", kind="vaease"))
@@ -177,12 +177,12 @@ def test_bad_input_is_a_one_line_error_and_leaves_nothing(tmp_path, capsys, case
 
 
 def test_threads_apply_to_the_run_only_and_max_steps_caps_it(tmp_path, monkeypatch):
-    from train import train
+    from saease.train import train
 
     s = small_store(tmp_path / "s")
     seen = []
-    real_step = __import__("train.step", fromlist=["FusedStep"]).FusedStep.__call__
-    monkeypatch.setattr("train.step.FusedStep.__call__",
+    real_step = __import__("saease.train.step", fromlist=["FusedStep"]).FusedStep.__call__
+    monkeypatch.setattr("saease.train.step.FusedStep.__call__",
                         lambda self, x, full=True: (seen.append(torch.get_num_threads()), real_step(self, x, full))[1])
     torch.set_num_threads(2)
     _, summary = train(quick(s, tmp_path / "d", max_steps=3, threads=1))

@@ -13,8 +13,8 @@ import torch
 
 from saease.dictionary import Dictionary
 from saease.store import write_store
-from train import train
-from train.config import TrainConfig
+from saease.train import train
+from saease.train.config import TrainConfig
 from test_train_support import one_thread  # noqa: F401  (autouse)
 
 

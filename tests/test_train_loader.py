@@ -1,4 +1,4 @@
-"""train.loader: shuffled streaming batches — every training row once per epoch, mixed across
+"""saease.train.loader: shuffled streaming batches — every training row once per epoch, mixed across
 shards, restartable at any batch, split across processes, read ahead in a thread."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from saease.errors import SaeaseError
 from saease.store import holdout_mask, write_store
-from train.loader import ShuffledBatches
+from saease.train.loader import ShuffledBatches
 from test_train_support import one_thread  # noqa: F401  (autouse)
 
 

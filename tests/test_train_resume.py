@@ -16,9 +16,9 @@ import torch
 
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
-from train import train
-from train.config import TrainConfig
-from train.step import FusedStep
+from saease.train import train
+from saease.train.config import TrainConfig
+from saease.train.step import FusedStep
 from test_train_support import one_thread, small_store  # noqa: F401  (one_thread: autouse)
 
 os.environ.setdefault("WANDB_MODE", "offline")

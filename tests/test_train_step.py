@@ -1,4 +1,4 @@
-"""train.step: the hand-written (fused) gradients equal autograd's on Dictionary.loss, kind by kind."""
+"""saease.train.step: the hand-written (fused) gradients equal autograd's on Dictionary.loss, kind by kind."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from saease.dictionary import Dictionary, DictionaryConfig
-from train.step import AutogradStep, FusedStep, fusable
+from saease.train.step import AutogradStep, FusedStep, fusable
 from test_train_support import one_thread  # noqa: F401  (autouse)
 
 KINDS = [

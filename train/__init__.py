@@ -1,6 +1,6 @@
 """Training dictionaries on activation stores."""
 
-from train.config import TrainConfig
-from train.trainer import train
+from saease.train.config import TrainConfig
+from saease.train.trainer import train
 
 __all__ = ["TrainConfig", "train"]

@@ -13,9 +13,9 @@ import os
 
 from saease.cli import dataclass_args
 from saease.errors import SaeaseError
-from train import checkpoint
-from train.config import TrainConfig, config_from_mapping, field_names
-from train.trainer import train
+from saease.train import checkpoint
+from saease.train.config import TrainConfig, config_from_mapping, field_names
+from saease.train.trainer import train
 
 
 def add_arguments(parser) -> None:

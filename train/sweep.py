@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 
 from saease.errors import SaeaseError
-from train.config import TrainConfig, config_from_mapping, field_names
+from saease.train.config import TrainConfig, config_from_mapping, field_names
 
 SHIPPED = Path(__file__).parent / "sweeps"
 TOP_KEYS = {"name", "description", "method", "metric", "parameters", "command", "program", "early_terminate",
@@ -189,7 +189,7 @@ def run_local(spec: dict, name: str, fixed: dict, *, count: int | None, out: Pat
               project: str) -> dict:
     import wandb
 
-    from train.trainer import train
+    from saease.train.trainer import train
 
     runs = planned_runs(spec, count, seed, name)
     metric = (spec.get("metric") or {}).get("name", "eval/re")

@@ -22,12 +22,12 @@ from saease.dictionary import Dictionary, DictionaryConfig
 from saease.errors import SaeaseError
 from saease.metrics import evaluate
 from saease.store import ActivationStore, holdout_mask, newest_store
-from train import checkpoint
-from train.config import TrainConfig
-from train.devices import Processes, pick_device, share_optimal_gamma, start
-from train.loader import ShuffledBatches
-from train.monitor import Monitor
-from train.step import AutogradStep, FusedStep, fusable
+from saease.train import checkpoint
+from saease.train.config import TrainConfig
+from saease.train.devices import Processes, pick_device, share_optimal_gamma, start
+from saease.train.loader import ShuffledBatches
+from saease.train.monitor import Monitor
+from saease.train.step import AutogradStep, FusedStep, fusable
 
 __all__ = ["train", "pick_device", "heldout_batches"]
 

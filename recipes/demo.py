@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from eval.reproduce import LABELS, ad_table, heldout_rows, per_sample_ad, plot_masking_curves
+from saease.recipes.reproduce import LABELS, ad_table, heldout_rows, per_sample_ad, plot_masking_curves
 from saease.errors import SaeaseError
 from saease.synth_cli import _int_list
 
@@ -55,8 +55,8 @@ def _demo(args) -> dict:
     from saease.metrics import masking_curve
     from saease.store import write_store
     from saease.synth import subspaces
-    from train.config import TrainConfig
-    from train.trainer import train
+    from saease.train.config import TrainConfig
+    from saease.train.trainer import train
 
     started = time.time()
     out = Path(args.out)

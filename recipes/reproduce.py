@@ -53,7 +53,7 @@ def train_kinds(configs: dict) -> dict[str, dict]:
     """Train one dictionary per TrainConfig in `configs` (kind → config), one after the other;
     returns kind → the trainer's summary (out, re, ad, ad_per_label, …), plus, for labelled
     stores, `ad_per_label_per_sample` (see `per_sample_ad`)."""
-    from train.trainer import train  # imported here so `saease reproduce --help` stays instant
+    from saease.train.trainer import train  # imported here so `saease reproduce --help` stays instant
 
     results = {}
     for kind, cfg in configs.items():
@@ -186,8 +186,8 @@ def harvest_store(args, out: Path, n_rows: int) -> str:
     """Harvest `n_rows` activation vectors the way the paper did (TransformerLens defaults: fold_ln,
     center_writing_weights; 256-token windows, no BOS; float16), through the harvester's API.
     Rerunning with the same settings reuses (or resumes) the store."""
-    from harvest.cli import run as harvest_run
-    from harvest.config import HarvestConfig
+    from saease.harvest.cli import run as harvest_run
+    from saease.harvest.config import HarvestConfig
 
     cfg = HarvestConfig(model=args.model, layer=args.layer, hook="resid_post", dataset=args.dataset,
                         context_size=256, prepend_bos=False, max_rows=n_rows, dtype="float16",
@@ -196,7 +196,7 @@ def harvest_store(args, out: Path, n_rows: int) -> str:
 
 
 def table3_configs(args, store: str, epochs: int) -> dict:
-    from train.config import TrainConfig
+    from saease.train.config import TrainConfig
 
     base = TrainConfig(data=store, d_latent=args.d_latent, epochs=epochs, batch_size=2048, lr=0.005, t0=5,
                        t_mult=2, normalize=False, holdout=0.1, seed=args.seed, device=args.device,

@@ -1,0 +1,1 @@
+"""End-to-end orchestrators: they run harvest, train and eval together (demo, reproduce)."""
