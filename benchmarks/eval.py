@@ -27,7 +27,7 @@ import torch
 
 from saease.eval.evaluator import Options, evaluate_store
 from saease.eval.stream import Notes
-from saease import Dictionary, DictionaryConfig, StoreWriter
+from saease import Dictionary, StoreWriter
 from saease.metrics import MaskingCurve, encode_batch
 
 
@@ -48,7 +48,7 @@ def make_store(path: Path, rows: int, d_in: int, ctx: int = 256, shard_rows: int
 
 def make_dictionary(d_in: int, d_latent: int, device) -> Dictionary:
     torch.manual_seed(0)
-    d = Dictionary(DictionaryConfig(kind="vaease", d_in=d_in, d_latent=d_latent))
+    d = Dictionary.create("vaease", d_in=d_in, d_latent=d_latent)
     with torch.no_grad():
         d.b_enc.normal_(0, 0.5)
         d.W_sig.normal_(0, 0.05)

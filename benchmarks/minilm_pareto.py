@@ -20,8 +20,8 @@ interpolated at VAEase's AD.
 The loop mirrors train/trainer.py (Adam, CosineAnnealingWarmRestarts T0=5 T_mult=2 stepped per
 batch, b_dec started at the data mean, inputs scaled to mean norm sqrt(d)) but counts steps, not
 epochs, so that a budget can end at a cosine restart (5·(2^n − 1): 315, 635, 1275, 2555, 5115), and
-keeps the store in memory. `--vaease-sigma-init` and `--vaease-mu` try the initialisation and
-encoder options this study recommends for DictionaryConfig (see docs/realacts.md).
+keeps the store in memory. `--vaease-sigma-init` tries the initialisation this study looked at
+(see docs/realacts.md).
 """
 
 from __future__ import annotations
@@ -36,34 +36,18 @@ from pathlib import Path
 
 import torch
 
-from saease.dictionary import Dictionary, DictionaryConfig
+from saease.dictionary import Dictionary, make_config
 from saease.errors import SaeaseError
 from saease.metrics import active_count, evaluate, tensor_batches, variance_split
 from saease.store import ActivationStore, holdout_mask
 
 
-class StudyDictionary(Dictionary):
-    """Dictionary plus the option under study that the core lacks (VAE kinds, text encoder):
-    mu = "relu" (the core's mean head) or "identity" (no ReLU on the mean head). The initial σ²
-    is the core's `DictionaryConfig.sigma_init`."""
-
-    def __init__(self, cfg: DictionaryConfig, mu: str = "relu"):
-        super().__init__(cfg)
-        self.mu_identity = cfg.is_vae and cfg.encoder == "text" and mu == "identity"
-
-    def encoder_output(self, x_scaled):
-        enc = super().encoder_output(x_scaled)
-        if self.mu_identity:
-            enc.mu = self.trunk(x_scaled) @ self.W_enc + self.b_enc
-        return enc
-
-
 def train_point(kind: str, x_train: torch.Tensor, *, steps: int, batch_size: int, lr: float, d_latent: int,
-                seed: int, mu="relu", **dict_kw) -> tuple[Dictionary, float]:
+                seed: int, **dict_kw) -> tuple[Dictionary, float]:
     torch.manual_seed(seed)
     scale = math.sqrt(x_train.shape[1]) / x_train[:65536].norm(dim=-1).mean().item()
-    cfg = DictionaryConfig(kind=kind, d_in=x_train.shape[1], d_latent=d_latent, input_scale=scale, **dict_kw)
-    model = StudyDictionary(cfg, mu=mu)
+    cfg = make_config(kind, d_in=x_train.shape[1], d_latent=d_latent, input_scale=scale, **dict_kw)
+    model = Dictionary.build(cfg).train()
     gen = torch.Generator().manual_seed(seed)
     order, at = torch.randperm(len(x_train), generator=gen), 0
     with torch.no_grad():
@@ -94,7 +78,7 @@ def measure(model: Dictionary, x_test: torch.Tensor) -> dict:
     for xb, _ in tensor_batches(x_test):
         enc = model.encoder_output(model.scale_in(xb))
         activity = model.activity(enc)
-        if model.cfg.is_vae:  # small log σ² = active
+        if model.ad_from_variance:  # small log σ² = active
             n_active, key = variance_split(activity), activity
         else:  # large log|z| = active; zeros (−inf) never
             n_active, key = active_count(activity, False), torch.where(torch.isfinite(activity), -activity, torch.inf)
@@ -143,7 +127,6 @@ def main(argv=None) -> dict:
     p.add_argument("--lambda2", type=float, default=0.2)
     p.add_argument("--k-grid", default="8,16,30,60", help="k values for sae-topk")
     p.add_argument("--vaease-sigma-init", type=float, default=None, help="σ² at init (core: 0.5)")
-    p.add_argument("--vaease-mu", default="relu", choices=["relu", "identity"])
     p.add_argument("--only", default=None, help="comma-separated kinds to run (default: all five)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
@@ -162,8 +145,7 @@ def main(argv=None) -> dict:
             + [("sae-log", f"λ1={v:g}", dict(lambda1=v, lambda2=a.lambda2)) for v in parse_grid(a.log_grid, float)]
             + [("sae-topk", f"k={v}", dict(k=v)) for v in parse_grid(a.k_grid, int)]
             + [("vae", "-", {}),
-               ("vaease", "-", dict(mu=a.vaease_mu, **({} if a.vaease_sigma_init is None
-                                                       else {"sigma_init": a.vaease_sigma_init})))])
+               ("vaease", "-", {} if a.vaease_sigma_init is None else {"sigma_init": a.vaease_sigma_init})])
     if a.only:
         wanted = set(a.only.split(","))
         plan = [row for row in plan if row[0] in wanted]
@@ -200,7 +182,7 @@ def main(argv=None) -> dict:
                 }
     plot(rows, out / "pareto.png")
     summary = {"store": str(store.path), "n_train": len(x_train), "n_test": len(x_test), **common,
-               "vaease_options": {"sigma_init": a.vaease_sigma_init, "mu": a.vaease_mu},
+               "vaease_options": {"sigma_init": a.vaease_sigma_init},
                "points": rows, "vaease_vs": verdict,
                "target_met": bool(verdict) and not any(v["dominated"] for v in verdict.values()),
                "csv": str(out / "pareto.csv"), "png": str(out / "pareto.png")}

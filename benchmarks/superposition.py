@@ -22,7 +22,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,7 +74,7 @@ def score(dictionary: Dictionary, x: torch.Tensor, n_active: torch.Tensor, direc
     enc = dictionary.encoder_output(dictionary.scale_in(x))
     codes = dictionary.code_from(enc)
     re = (dictionary.decode(codes) - x).pow(2).sum(-1).mean().item()
-    ad = active_count(dictionary.activity(enc), dictionary.cfg.is_vae).double()
+    ad = active_count(dictionary.activity(enc), dictionary.ad_from_variance).double()
     cos = F.normalize(directions, dim=-1) @ F.normalize(dictionary.W_dec.detach(), dim=-1).T  # [features, κ]
     best = cos.abs().max(dim=1).values
     return {"re": re, "ad": ad.mean().item(), "true_count": n_active.double().mean().item(),
@@ -98,7 +97,7 @@ def main(argv=None) -> dict:
           f"{args.epochs} epochs", flush=True)
 
     steps_per_epoch = -(-int(store.n_rows * 0.9) // args.batch_size)
-    base = TrainConfig(data=str(store.path), d_latent=args.n_features, epochs=args.epochs,
+    base = TrainConfig.flat(data=str(store.path), d_latent=args.n_features, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, t0=10 * steps_per_epoch, t_mult=2,
                        holdout=0.1, seed=args.seed, device="cpu", progress=args.progress, overwrite=True,
                        checkpoint_every=0, threads=args.threads)
@@ -109,7 +108,7 @@ def main(argv=None) -> dict:
     started, grid = time.time(), []
     for kind, knob in runs:
         tag = kind + "".join(f"-{k}{v:g}" for k, v in knob.items())
-        model, _ = train(replace(base, kind=kind, out=str(out / tag), **knob))
+        model, _ = train(base.with_(kind=kind, out=str(out / tag), **knob))
         row = {"kind": kind, "knob": knob, **score(model, x_test, n_test, directions)}
         grid.append(row)
         print(f"  {LABELS[kind]:7s} {json.dumps(knob):18s} RE {fmt(row['re']):8s} AD {row['ad']:6.2f} "

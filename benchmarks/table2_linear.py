@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,7 +51,7 @@ def parse_args(argv=None):
 
 def configs(args, store) -> dict[str, TrainConfig]:
     steps_per_epoch = -(-int(store.n_rows * 0.9) // args.batch_size)
-    base = TrainConfig(data=str(store.path), d_latent=args.d_latent, encoder_layers=4, epochs=args.epochs,
+    base = TrainConfig.flat(data=str(store.path), d_latent=args.d_latent, encoder_layers=4, epochs=args.epochs,
                        batch_size=args.batch_size, t0=max(1, round(args.t0_epochs * steps_per_epoch)), t_mult=2,
                        normalize=False, holdout=0.1, seed=args.seed, device=args.device, progress=args.progress,
                        overwrite=True, checkpoint_every=0, threads=args.threads)
@@ -60,7 +59,7 @@ def configs(args, store) -> dict[str, TrainConfig]:
                 "sae-l1": dict(lr=0.002, lambda1=1e-3, lambda2=1e-4),
                 "sae-log": dict(lr=0.002, lambda1=1e-3, lambda2=1e-4),
                 "sae-topk": dict(lr=0.002, k=max(args.dims))}
-    return {k: replace(base, kind=k, out=str(Path(args.out) / k), **per_kind[k]) for k in args.kinds}
+    return {k: base.with_(kind=k, out=str(Path(args.out) / k), **per_kind[k]) for k in args.kinds}
 
 
 def main(argv=None) -> dict:

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,14 +52,14 @@ def parse_args(argv=None):
 
 def configs(args, store) -> dict[str, TrainConfig]:
     steps_per_epoch = -(-int(store.n_rows * 0.9) // args.batch_size)
-    base = TrainConfig(data=str(store.path), d_latent=args.d_latent, encoder="residual", encoder_layers=3,
+    base = TrainConfig.flat(data=str(store.path), d_latent=args.d_latent, encoder="residual", encoder_layers=3,
                        encoder_hidden=args.encoder_hidden, decoder_layers=2, epochs=args.epochs, batch_size=args.batch_size, lr=0.005,
                        t0=max(1, round(args.t0_epochs * steps_per_epoch)), t_mult=2, normalize=False,
                        holdout=0.1, seed=args.seed, device=args.device, progress=args.progress,
                        overwrite=True, checkpoint_every=0, threads=args.threads)
     per_kind = {"vaease": {}, "vae": {}, "sae-l1": dict(lambda1=5e-4, lambda2=1e-5),
                 "sae-log": dict(lambda1=5e-6, lambda2=1e-5), "sae-topk": dict(k=max(args.dims))}
-    return {k: replace(base, kind=k, out=str(Path(args.out) / k), **per_kind[k]) for k in args.kinds}
+    return {k: base.with_(kind=k, out=str(Path(args.out) / k), **per_kind[k]) for k in args.kinds}
 
 
 def main(argv=None) -> dict:

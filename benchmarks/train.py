@@ -56,7 +56,7 @@ def matmul_gflops(batch: int, d: int, kappa: int, seconds: float = 3.0) -> float
 
 
 def trainer_rate(store, kind: str, kappa: int, batch: int, steps: int, threads: int, out: Path) -> float:
-    cfg = TrainConfig(data=str(store.path), out=str(out / f"{kind}-{kappa}"), kind=kind, d_latent=kappa,
+    cfg = TrainConfig.flat(data=str(store.path), out=str(out / f"{kind}-{kappa}"), kind=kind, d_latent=kappa,
                       batch_size=batch, epochs=1000, max_steps=steps + 1, holdout=0.01, checkpoint_every=0,
                       log_every=10 ** 9, progress=False, threads=threads, overwrite=True, device="cpu")
     _, summary = train(cfg)

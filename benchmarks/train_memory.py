@@ -33,7 +33,7 @@ torch.set_num_threads(2)
 from saease.train.config import TrainConfig
 from saease.train.trainer import train
 start = time.perf_counter()
-_, s = train(TrainConfig(data=sys.argv[1], out=sys.argv[2], max_steps=int(sys.argv[3]), checkpoint_every=0,
+_, s = train(TrainConfig.flat(data=sys.argv[1], out=sys.argv[2], max_steps=int(sys.argv[3]), checkpoint_every=0,
                          progress=False, overwrite=True, device="cpu"))
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "steps": s["steps"], "seconds": time.perf_counter() - start, "vectors_per_s": s["vectors_per_s"]}))

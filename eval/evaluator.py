@@ -83,7 +83,7 @@ def evaluate_store(dictionaries: list[tuple[str, Dictionary]], store: Activation
         d.eval()
         mask, split = eval_rows(d, store, opts.all_rows)
         evals.append(Evaluation(
-            name=name, path=str(path), dictionary=d, split=split, rows=mask, metrics=Metrics(is_vae=d.cfg.is_vae),
+            name=name, path=str(path), dictionary=d, split=split, rows=mask, metrics=Metrics(from_variance=d.ad_from_variance),
             curve=MaskingCurve(d, opts.masking_method) if opts.masking else None,
             stats=FeatureStats(d.cfg.d_latent, opts.top_n, d.device) if opts.features else None))
     if opts.features:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -66,13 +65,13 @@ def _demo(args) -> dict:
 
     # The paper's linear-subspace settings (SPEC §3), at a laptop-sized scale; T0 = 10 epochs.
     steps_per_epoch = -(-int(store.n_rows * 0.9) // 1024)
-    base = TrainConfig(data=str(store.path), d_latent=args.d_latent, encoder_layers=4, epochs=args.epochs,
+    base = TrainConfig.flat(data=str(store.path), d_latent=args.d_latent, encoder_layers=4, epochs=args.epochs,
                        batch_size=1024, lr=0.01, t0=10 * steps_per_epoch, t_mult=2, normalize=False,
                        seed=args.seed, device="cpu", progress=args.progress, overwrite=True,
                        checkpoint_every=0, threads=args.threads)
     results, curves = {}, {}
     for kind in KINDS:
-        model, results[kind] = train(replace(base, kind=kind, out=str(out / kind)))
+        model, results[kind] = train(base.with_(kind=kind, out=str(out / kind)))
         results[kind]["ad_per_label_per_sample"] = per_sample_ad(model)
     test = heldout_rows(out / "vaease")
     for kind in KINDS:

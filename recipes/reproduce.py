@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from saease.dictionary import ENCODERS, KINDS
 from saease.errors import SaeaseError
 from saease.store import atomic_write_json
 
@@ -43,7 +41,7 @@ TABLE3_KIND_SETTINGS = {"vaease": {}, "vae": {}, "sae-l1": {"lambda1": 0.32, "la
 def kinds_arg(text: str) -> list[str]:
     """argparse type for --kinds: 'all' or a comma-separated subset of the five kinds."""
     kinds = list(ORDER) if text == "all" else [k.strip() for k in text.split(",")]
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in ORDER]
     if bad or not kinds:
         raise argparse.ArgumentTypeError(f"{text!r}: expected 'all' or a comma-separated subset of {', '.join(ORDER)}")
     return kinds
@@ -92,7 +90,7 @@ def per_sample_ad(model) -> dict[str, float]:
 
     x, labels = _heldout(model.cfg, labels=True)
     counts = torch.cat([active_count(model.activity(model.encoder_output(model.scale_in(xb.to(model.device)))),
-                                     model.cfg.is_vae).cpu() for xb in x.split(8192)])
+                                     model.ad_from_variance).cpu() for xb in x.split(8192)])
     return {str(int(g)): counts[labels == g].double().mean().item() for g in labels.unique()}
 
 
@@ -170,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kinds", type=kinds_arg, default=list(ORDER), help="'all' or e.g. vaease,vae")
     parser.add_argument("--d-latent", type=int, default=300, help="latent width κ (paper: 300)")
     parser.add_argument("--k", type=int, default=30, help="sae-topk's k (paper: 30; at most --d-latent)")
-    parser.add_argument("--encoder", default="text", choices=[e for e in ENCODERS if e != "residual"],
+    parser.add_argument("--encoder", default="text", choices=["text", "authors"],
                         help="VAE kinds' encoder: text (App. D.3) or authors (their code)")
     parser.add_argument("--out", default="reproduce/table3", help="folder for the store and the dictionaries")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
@@ -198,12 +196,12 @@ def harvest_store(args, out: Path, n_rows: int) -> str:
 def table3_configs(args, store: str, epochs: int) -> dict:
     from saease.train.config import TrainConfig
 
-    base = TrainConfig(data=store, d_latent=args.d_latent, epochs=epochs, batch_size=2048, lr=0.005, t0=5,
+    base = TrainConfig.flat(data=store, d_latent=args.d_latent, epochs=epochs, batch_size=2048, lr=0.005, t0=5,
                        t_mult=2, normalize=False, holdout=0.1, seed=args.seed, device=args.device,
                        progress=args.progress, overwrite=True)
     out = Path(args.out)
     knobs = {**TABLE3_KIND_SETTINGS, "sae-topk": {"k": args.k}}
-    return {kind: replace(base, kind=kind, out=str(out / kind), **knobs[kind],
+    return {kind: base.with_(kind=kind, out=str(out / kind), **knobs[kind],
                           encoder=args.encoder if kind in ("vae", "vaease") else "text")
             for kind in ORDER if kind in args.kinds}
 

@@ -45,33 +45,46 @@ def dataclass_args(parser: argparse.ArgumentParser, cls, positional: tuple[str, 
     """Add one flag per field of dataclass `cls` (fields named in `positional` become arguments)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
-            continue
-        tp, optional = _unwrap_optional(hints[f.name])
-        help_ = f.metadata.get("help", "")
+        if f.metadata.get("cli") is not False:
+            add_field(parser, f, hints[f.name], positional=f.name in positional)
+
+
+def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint, *, positional: bool = False,
+              help_suffix: str = "", default=dataclasses.MISSING) -> None:
+    """One flag for dataclass field `f` of type `hint`: `d_latent: int = 300` becomes
+    `--d-latent 300`; bools get --x/--no-x, Literal types their choices, lists take several values."""
+    tp, optional = _unwrap_optional(hint)
+    help_ = f.metadata.get("help", "")
+    if default is dataclasses.MISSING:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kwargs: dict = {"help": f"{help_} (default: {default})" if default not in (None, "", []) else help_}
-        if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
-        name = f.name if f.name in positional else "--" + f.name.replace("_", "-")
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(tp) is list:
-            (item,) = typing.get_args(tp)
-            kwargs["type"] = item
-            kwargs["nargs"] = "+" if f.name not in positional else "*"
-        else:
-            kwargs["type"] = tp
-        if f.name in positional:
-            if typing.get_origin(tp) is not list and default is not None:
-                kwargs["nargs"] = "?"
-        else:
-            kwargs["dest"] = f.name
-        kwargs["default"] = default
-        if f.metadata.get("metavar"):
-            kwargs["metavar"] = f.metadata["metavar"]
-        parser.add_argument(name, **kwargs)
+        shown = f"{help_} (default: {default})" if default not in (None, "", []) else help_
+    else:
+        shown = help_
+    kwargs: dict = {"help": shown + help_suffix}
+    if typing.get_origin(tp) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(tp))
+        tp = type(kwargs["choices"][0])
+    elif f.metadata.get("choices"):
+        kwargs["choices"] = f.metadata["choices"]
+    name = f.name if positional else "--" + f.name.replace("_", "-")
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        kwargs["type"] = item
+        kwargs["nargs"] = "+" if not positional else "*"
+    else:
+        kwargs["type"] = tp
+    if positional:
+        if typing.get_origin(tp) is not list and default is not None:
+            kwargs["nargs"] = "?"
+    else:
+        kwargs["dest"] = f.name
+    kwargs["default"] = default
+    if f.metadata.get("metavar"):
+        kwargs["metavar"] = f.metadata["metavar"]
+    parser.add_argument(name, **kwargs)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = module.run(args)
     except SaeaseError as err:
         print(f"saease {name}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"saease {name}: interrupted", file=sys.stderr)
         return 130

@@ -1,17 +1,20 @@
-"""The dictionary family (SPEC §1): VAEase, VAE, SAE-ℓ1, SAE-log and SAE-TopK.
+"""What every dictionary kind shares: the config, the decoder, save/load, and the registry.
 
-Every kind shares one decoder, `x̂ = ẑ @ W_dec + b_dec` with `W_dec` [d_latent, d_in], and
-differs in the code `ẑ` the decoder sees and in the loss:
+Every kind decodes the same way, `x̂ = ẑ @ W_dec + b_dec` with `W_dec` [d_latent, d_in], and
+differs in how it encodes (the code `ẑ` the decoder sees) and in its training loss. A kind is
+one module in `saease/kinds/` that defines
 
-    sae-l1    ẑ = μ(x)                        ‖x−x̂‖² + λ1 Σ|z| + λ2 ‖W_dec‖²_F
-    sae-log   ẑ = μ(x)                        ‖x−x̂‖² + λ1 Σ log(|z|+ε) + λ2 ‖W_dec‖²_F
-    sae-topk  ẑ = top-k of μ(x)               ‖x−x̂‖²
-    vae       ẑ = μ + σ⊙ε                     ‖x−x̂‖²/(2γ) + d/2 log(2πγ) + KL
-    vaease    ẑ = (1−σ)⊙(μ + σ⊙ε)             the same, decoded from the gated sample
+- a config dataclass, a subclass of `DictionaryConfig` holding that kind's own knobs (its
+  fields are also the `saease train` flags), and
+- a `Dictionary` subclass, decorated with `@register("name")`, that implements
+  `code_from(enc)` (the inference code), `loss(x)` (the training loss and its terms) and, if
+  it needs them, `activity` (what AD reads), `after_backward`/`after_step` (decoder-norm
+  handling) and `saelens_export` (SAELens's format).
 
-`Dictionary.encode` returns the deterministic code ((1−σ)⊙μ for VAEase, μ for the VAE, z for
-the SAEs) and `Dictionary.decode` maps codes back, both in the units of the activations the
-dictionary was trained on (an input scale set by the trainer is applied inside).
+Nothing outside a kind's module asks for a kind by name: the trainer, metrics, eval, lens and
+SAELens interop call these methods. Units: the trainer may set `input_scale` so that inputs
+have mean norm √d_in; `encode` and `decode` take and return the store's units and apply the
+scale inside, while `W_dec`, `loss` and the `*_scaled` methods work in the scaled units.
 """
 
 from __future__ import annotations
@@ -19,80 +22,134 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable, ClassVar, Literal, get_args
 
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from saease.errors import SaeaseError
 
-FORMAT = "saease.dictionary/1"
-KINDS = ("vaease", "vae", "sae-l1", "sae-log", "sae-topk")
-VAE_KINDS = ("vaease", "vae")
-ENCODERS = ("text", "authors", "residual")
-GAMMA_MODES = ("optimal", "learned")
-LOG_EPS = 1e-4  # ε of the SAE-log penalty
-MIN_VAR = 1e-7  # σ² is clamped at this, as in the authors' code
+FORMAT = "saease.dictionary/2"
+
+Encoder = Literal["text", "residual"]
+
+
+def record(doc: str):
+    """A config field that records facts about a run (not a flag): source, training, metrics."""
+    return field(default_factory=dict, metadata={"help": doc, "cli": False})
+
+
+def knob(default, doc: str, **metadata):
+    """A config field with its --help text."""
+    return field(default=default, metadata={"help": doc, **metadata})
 
 
 @dataclass
 class DictionaryConfig:
-    """Everything needed to rebuild a dictionary; saved as config.json beside the weights."""
+    """The fields every kind has; each kind's config adds its own. Saved as config.json."""
 
-    kind: str = "vaease"
-    d_in: int = 512
-    d_latent: int = 300
-    encoder: str = "text"
-    encoder_layers: int = 1
-    encoder_hidden: int | None = None  # deep encoders' width: None = 2κ (Swish MLP), 8κ (residual)
-    decoder_layers: int = 1
-    k: int | None = None
-    lambda1: float = 0.0
-    lambda2: float = 0.0
-    gamma: str = "optimal"
-    gamma_floor: float = 1e-6
-    log_gamma_init: float = 0.0
-    sigma_init: float = 0.5  # VAE kinds: σ² every latent starts at (b_sig = logit(sigma_init))
-    input_scale: float = 1.0
-    source: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    kind: ClassVar[str] = ""  # set by @register
+
+    d_in: int = knob(0, "input width (taken from the store)", cli=False)
+    d_latent: int = knob(300, "latent width κ")
+    encoder: Encoder = knob("text", "text: linear heads on the input; residual: residual MLP trunk (App. D.2)")
+    encoder_layers: int = knob(1, "1 = linear heads; N > 1 = Swish MLP (hidden 2κ) or N residual blocks")
+    encoder_hidden: int | None = knob(None, "deep encoders' width (default: 2κ Swish MLP, 8κ residual)")
+    decoder_layers: int = knob(1, "1 = linear dictionary; N > 1 = MLP decoder")
+    input_scale: float = knob(1.0, "inputs are multiplied by this inside the dictionary", cli=False)
+    source: dict = record("where the training activations came from")
+    training: dict = record("the training settings")
+    metrics: dict = record("held-out metrics at the end of training")
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise SaeaseError(f"unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
-        if self.encoder not in ENCODERS:
-            raise SaeaseError(f"unknown encoder {self.encoder!r}; choose from {', '.join(ENCODERS)}")
-        if self.encoder == "authors" and self.kind not in VAE_KINDS:
-            raise SaeaseError(f"encoder 'authors' applies to vae/vaease, not {self.kind!r}; use --encoder text")
-        if self.gamma not in GAMMA_MODES:
-            raise SaeaseError(f"unknown gamma mode {self.gamma!r}; choose from {', '.join(GAMMA_MODES)}")
-        for name in ("d_in", "d_latent", "encoder_layers", "decoder_layers"):
+        for name in ("d_latent", "encoder_layers", "decoder_layers"):
             if int(getattr(self, name)) < 1:
-                raise SaeaseError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise SaeaseError(f"--{flag(name)} {getattr(self, name)}: expected a positive integer")
         if self.encoder_hidden is not None and int(self.encoder_hidden) < 1:
-            raise SaeaseError(f"encoder-hidden must be a positive integer, got {self.encoder_hidden}")
-        if self.kind == "sae-topk":
-            if self.k is None or not 1 <= self.k <= self.d_latent:
-                raise SaeaseError(f"sae-topk needs --k between 1 and d_latent={self.d_latent}, got {self.k}")
-        if not 0 < self.sigma_init < 1:
-            raise SaeaseError(f"sigma-init must be in (0, 1) (the initial σ²), got {self.sigma_init}")
-        if self.gamma_floor <= 0:
-            raise SaeaseError(f"gamma-floor must be > 0, got {self.gamma_floor}")
+            raise SaeaseError(f"--encoder-hidden {self.encoder_hidden}: expected a positive integer")
+        for f in fields(self):  # Literal-typed options: one check for every kind's choices
+            choices = literal_choices(self, f.name)
+            if choices and getattr(self, f.name) not in choices:
+                raise SaeaseError(f"--{flag(f.name)} {getattr(self, f.name)!r}: choose from "
+                                  f"{', '.join(map(str, choices))} (for {self.kind})")
 
     @property
-    def is_vae(self) -> bool:
-        return self.kind in VAE_KINDS
+    def deep_encoder(self) -> bool:
+        return self.encoder_layers > 1 or self.encoder == "residual"
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def literal_choices(cfg_or_cls, name: str) -> tuple | None:
+    """The allowed values of a `Literal[...]`-typed config field, else None."""
+    import typing
+
+    cls = cfg_or_cls if isinstance(cfg_or_cls, type) else type(cfg_or_cls)
+    hint = typing.get_type_hints(cls).get(name)
+    if typing.get_origin(hint) is Literal:
+        return get_args(hint)
+    return None
 
 
 @dataclass
 class EncoderOutput:
-    """What the encoder says about a batch: the mean `mu`, the variance `var` = σ² (VAE kinds)."""
+    """What the encoder says about a batch (scaled units).
 
-    mu: Float[Tensor, "batch d_latent"]
-    var: Float[Tensor, "batch d_latent"] | None
+    `pre`: the pre-activation [batch, d_latent] (what `hook_sae_acts_pre` shows); `var`: σ²
+    of the variational kinds; `gate`: the gate path's pre-activation of the gated SAE."""
+
+    pre: Float[Tensor, "batch d_latent"]
+    var: Float[Tensor, "batch d_latent"] | None = None
+    gate: Float[Tensor, "batch d_latent"] | None = None
+
+
+REGISTRY: dict[str, type["Dictionary"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a Dictionary subclass (and its `Config`) the kind `name`."""
+
+    def add(cls: type[Dictionary]) -> type[Dictionary]:
+        if name in REGISTRY:
+            raise ValueError(f"dictionary kind {name!r} registered twice")
+        cls.kind = cls.Config.kind = name
+        REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def kind_names() -> tuple[str, ...]:
+    import saease.kinds  # noqa: F401  (registers the built-in kinds)
+
+    return tuple(REGISTRY)
+
+
+def kind_class(name: str) -> type["Dictionary"]:
+    names = kind_names()
+    if name not in REGISTRY:
+        raise SaeaseError(f"unknown kind {name!r}; choose from {', '.join(names)}")
+    return REGISTRY[name]
+
+
+def config_class(name: str) -> type[DictionaryConfig]:
+    return kind_class(name).Config
+
+
+def make_config(kind: str, **values) -> DictionaryConfig:
+    """`kind`'s config from field values; a one-line error for a field the kind does not have."""
+    cls = config_class(kind)
+    known = {f.name for f in fields(cls)}
+    values = {k: v for k, v in values.items() if k in known or v is not None}  # None: not set
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SaeaseError(f"{', '.join('--' + flag(u) for u in unknown)}: not a setting of {kind} "
+                          f"(its settings: {', '.join(sorted(known - {'source', 'training', 'metrics', 'd_in', 'input_scale'}))})")
+    return cls(**values)
 
 
 def mlp(d_in: int, d_hidden: int, n_layers: int, activation: nn.Module) -> nn.Sequential:
@@ -123,59 +180,44 @@ class ResidualMLP(nn.Module):
         return h
 
 
-def kl_divergence(mu: Tensor, var: Tensor) -> Tensor:
-    """KL(N(μ, diag σ²) ‖ N(0, I)) per sample: ½ Σ_j (μ² + σ² − log σ² − 1)."""
-    return 0.5 * (mu.pow(2) + var - var.log() - 1).sum(-1)
-
-
-def gaussian_nll(sq_err: Tensor, gamma: Tensor, d: int) -> Tensor:
-    """−log N(x | x̂, γI) per sample, from the summed squared error ‖x − x̂‖²."""
-    return sq_err / (2 * gamma) + 0.5 * d * torch.log(2 * math.pi * gamma)
-
-
-def topk_mask(z: Tensor, k: int) -> Tensor:
-    """Keep the k largest entries of each row of z, zero the rest."""
-    values, indices = z.topk(k, dim=-1)
-    return torch.zeros_like(z).scatter(-1, indices, values)
-
-
 class Dictionary(nn.Module):
-    """One dictionary of any kind. Build with `Dictionary(DictionaryConfig(...))` or
+    """The base of every kind. Build with `Dictionary.build(cfg)` (or the kind's class) or
     `Dictionary.load(DIR)`; use `encode`, `decode`, `forward` (reconstruction) and `loss`."""
+
+    Config: ClassVar[type[DictionaryConfig]] = DictionaryConfig
+    kind: ClassVar[str] = ""
+    # AD reads the encoder's variance σ² (the variational kinds), not the code's magnitude.
+    ad_from_variance: ClassVar[bool] = False
+    # Keep decoder rows at unit norm (the gradient's radial part removed, rows renormalised).
+    unit_norm_decoder: ClassVar[bool] = False
+    # Whether the kind's loss works with an MLP decoder (decoder_layers > 1).
+    supports_mlp_decoder: ClassVar[bool] = False
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
+        if not isinstance(cfg, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
+        if cfg.decoder_layers > 1 and not self.supports_mlp_decoder:
+            raise SaeaseError(f"--decoder-layers {cfg.decoder_layers}: {self.kind} needs a linear decoder "
+                              "(--decoder-layers 1); MLP decoders work with vaease, vae, sae-l1 and sae-log")
         self.cfg = cfg
+        # Sums a small tensor over training processes in place (set by the trainer under torchrun).
+        self.all_reduce: Callable[[Tensor], Tensor] | None = None
         d_in, d_latent = cfg.d_in, cfg.d_latent
 
-        # Encoder trunk: the synthetic experiments' deeper encoders (Swish MLP, hidden 2κ).
-        # encoder "residual": `encoder_layers` residual blocks of 3 linear layers, hidden 8κ (App. D.2).
-        d_head_in = d_in
+        # Encoder trunk: the synthetic experiments' deeper encoders (Swish MLP, hidden 2κ), or
+        # `encoder_layers` residual blocks of 3 linear layers, hidden 8κ (App. D.2).
+        self.d_head_in = d_in
         if cfg.encoder == "residual":
-            d_head_in = cfg.encoder_hidden or 8 * d_latent
-            self.trunk = ResidualMLP(d_in, d_head_in, cfg.encoder_layers)
+            self.d_head_in = cfg.encoder_hidden or 8 * d_latent
+            self.trunk = ResidualMLP(d_in, self.d_head_in, cfg.encoder_layers)
         elif cfg.encoder_layers > 1:
-            d_head_in = cfg.encoder_hidden or 2 * d_latent
-            self.trunk = mlp(d_in, d_head_in, cfg.encoder_layers - 1, nn.SiLU())
+            self.d_head_in = cfg.encoder_hidden or 2 * d_latent
+            self.trunk = mlp(d_in, self.d_head_in, cfg.encoder_layers - 1, nn.SiLU())
         else:
             self.trunk = nn.Identity()
-
-        if cfg.encoder == "authors":
-            # Linear(d, 2κ) + Swish, split into a mean half and a pre-spread half; Linear(κ, κ) spread.
-            self.W_enc = nn.Parameter(torch.empty(d_head_in, 2 * d_latent))
-            self.b_enc = nn.Parameter(torch.zeros(2 * d_latent))
-            self.W_sig = nn.Parameter(torch.empty(d_latent, d_latent))
-            nn.init.kaiming_uniform_(self.W_enc.T, a=math.sqrt(5))
-        else:
-            self.W_enc = nn.Parameter(torch.empty(d_head_in, d_latent))
-            self.b_enc = nn.Parameter(torch.zeros(d_latent))
-            if cfg.is_vae:
-                self.W_sig = nn.Parameter(torch.empty(d_head_in, d_latent))
-        if cfg.is_vae:
-            self.b_sig = nn.Parameter(torch.full((d_latent,), math.log(cfg.sigma_init / (1 - cfg.sigma_init))))
-            nn.init.normal_(self.W_sig, std=0.01 / math.sqrt(self.W_sig.shape[0]))
-            self.log_gamma = nn.Parameter(torch.tensor(float(cfg.log_gamma_init)),
-                                          requires_grad=cfg.gamma == "learned")
+        self.W_enc = nn.Parameter(torch.empty(self.d_head_in, d_latent))
+        self.b_enc = nn.Parameter(torch.zeros(d_latent))
 
         # Decoder: linear (the dictionary) unless decoder_layers > 1 (nonlinear synthetic data).
         d_dec_in = d_latent
@@ -189,45 +231,39 @@ class Dictionary(nn.Module):
         self.W_dec = nn.Parameter(torch.randn(d_dec_in, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         with torch.no_grad():
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)  # unit-norm dictionary columns
-            if cfg.encoder == "text" and cfg.encoder_layers == 1 and cfg.decoder_layers == 1:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)  # unit-norm dictionary rows
+            if self.linear:
                 self.W_enc.copy_(self.W_dec.T)  # tied initialisation, as SAEs are usually started
-            elif cfg.encoder != "authors":
+            else:
                 nn.init.kaiming_uniform_(self.W_enc.T, a=math.sqrt(5))
 
-    # ---- encoding -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, cfg: DictionaryConfig) -> "Dictionary":
+        """The dictionary of `cfg`'s kind."""
+        return kind_class(cfg.kind)(cfg)
+
+    @classmethod
+    def create(cls, kind: str, **values) -> "Dictionary":
+        """A new dictionary of `kind`: `Dictionary.create("sae-topk", d_in=512, d_latent=4096, k=32)`."""
+        return cls.build(make_config(kind, **values))
 
     @property
-    def kind(self) -> str:
-        return self.cfg.kind
+    def linear(self) -> bool:
+        """One linear encoder layer on the input and a linear decoder (the LLM dictionaries)."""
+        return self.cfg.encoder == "text" and self.cfg.encoder_layers == 1 and self.cfg.decoder_layers == 1
+
+    # ---- encoding -------------------------------------------------------------------------
 
     def scale_in(self, x: Float[Tensor, "batch d_in"]) -> Tensor:
         return x.to(self.W_dec.dtype) * self.cfg.input_scale
 
     def encoder_output(self, x_scaled: Float[Tensor, "batch d_in"]) -> EncoderOutput:
-        """μ and σ² for inputs already multiplied by `input_scale`."""
-        h = self.trunk(x_scaled)
-        kappa = self.cfg.d_latent
-        if self.cfg.encoder == "authors":
-            h = F.silu(h @ self.W_enc + self.b_enc)
-            mu, pre_spread = h[..., :kappa], h[..., kappa:]
-            s = pre_spread @ self.W_sig + self.b_sig
-        else:
-            mu = h @ self.W_enc + self.b_enc
-            deep = self.cfg.encoder_layers > 1 or self.cfg.encoder == "residual"
-            if not self.cfg.is_vae or not deep:
-                mu = F.relu(mu)
-            s = h @ self.W_sig + self.b_sig if self.cfg.is_vae else None
-        var = torch.sigmoid(s).clamp_min(MIN_VAR) if s is not None else None
-        return EncoderOutput(mu=mu, var=var)
+        """The pre-activation (and whatever else the kind's encoder computes)."""
+        return EncoderOutput(pre=self.trunk(x_scaled) @ self.W_enc + self.b_enc)
 
     def code_from(self, enc: EncoderOutput) -> Float[Tensor, "batch d_latent"]:
-        """The deterministic code: (1−σ)⊙μ (VAEase), μ (VAE), z (SAE kinds)."""
-        if self.kind == "vaease":
-            return (1 - enc.var.sqrt()) * enc.mu
-        if self.kind == "sae-topk":
-            return topk_mask(enc.mu, self.cfg.k)
-        return enc.mu
+        """The deterministic code the decoder sees at inference (each kind defines it)."""
+        raise NotImplementedError
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_latent"]:
         """Deterministic codes of activations `x` (in the store's units)."""
@@ -243,56 +279,44 @@ class Dictionary(nn.Module):
     def forward(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
         return self.decode(self.encode(x))
 
-    def activity(self, enc: EncoderOutput) -> Tensor:
-        """Per (sample, latent) activity used by AD (SPEC §2): log σ² for the VAE kinds (small =
-        active), log |z| for the SAE kinds (large = active; −inf where z = 0, i.e. inactive)."""
-        if self.cfg.is_vae:
-            return enc.var.log()
+    def activity(self, enc: EncoderOutput) -> Float[Tensor, "batch d_latent"]:
+        """Per (sample, latent) activity for AD (SPEC §2): log |code| (−inf where the code is 0,
+        i.e. inactive); the variational kinds return log σ² (small = active)."""
         return self.code_from(enc).abs().log()
+
+    def usage(self, enc: EncoderOutput, codes: Tensor) -> Float[Tensor, "batch d_latent"]:
+        """How much each latent is used per sample, to order the masking curve: |code|."""
+        return codes.abs()
 
     # ---- training -------------------------------------------------------------------------
 
-    def gamma(self, sq_err: Tensor | None = None) -> Tensor:
-        """Decoder variance γ: the batch's optimal γ* = mean ‖x − x̂‖²/d (detached) in "optimal"
-        mode, exp(log γ) in "learned" mode; never below `gamma_floor`."""
-        if self.cfg.gamma == "optimal" and sq_err is not None:
-            return (sq_err.detach().mean() / self.cfg.d_in).clamp_min(self.cfg.gamma_floor)
-        return self.log_gamma.exp() + self.cfg.gamma_floor
-
     def loss(self, x: Float[Tensor, "batch d_in"], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """The training loss (mean over the batch) and its terms, all in the scaled units.
+        """The training loss (batch mean) and its terms, in scaled units: `loss` (to minimise),
+        `mse` (‖x − x̂‖² per vector) and the kind's own terms. May also return `fired`, a [κ]
+        bool of the latents whose training code was non-zero in some row."""
+        raise NotImplementedError
 
-        Returns a dict with `loss` (to minimise) and the terms that make it up: `mse`
-        (‖x − x̂‖² per sample), and `sparsity`/`decoder_norm` (SAEs) or `nll`/`kl`/`gamma` (VAEs).
-        """
-        cfg = self.cfg
-        x = self.scale_in(x)
-        enc = self.encoder_output(x)
-        if cfg.is_vae:
-            std = enc.var.sqrt()
-            noise = torch.randn(enc.mu.shape, generator=generator, device=x.device, dtype=x.dtype)
-            z = enc.mu + std * noise
-            if cfg.kind == "vaease":
-                z = (1 - std) * z
-            sq_err = (self.decode_scaled(z) - x).pow(2).sum(-1)
-            gamma = self.gamma(sq_err)
-            nll = gaussian_nll(sq_err, gamma, cfg.d_in).mean()
-            kl = kl_divergence(enc.mu, enc.var).mean()
-            return {"loss": nll + kl, "mse": sq_err.mean(), "nll": nll, "kl": kl, "gamma": gamma.detach()}
-        z = self.code_from(enc)
-        sq_err = (self.decode_scaled(z) - x).pow(2).sum(-1).mean()
-        out = {"mse": sq_err}
-        if cfg.kind == "sae-topk":
-            out["loss"] = sq_err
-            return out
-        if cfg.kind == "sae-l1":
-            sparsity = z.abs().sum(-1).mean()
-        else:
-            sparsity = torch.log(z.abs() + LOG_EPS).sum(-1).mean()
-        decoder_norm = self.W_dec.pow(2).sum()
-        out.update(sparsity=sparsity, decoder_norm=decoder_norm,
-                   loss=sq_err + cfg.lambda1 * sparsity + cfg.lambda2 * decoder_norm)
-        return out
+    def sum_(self, t: Tensor) -> Tensor:
+        """`t` summed over training processes, in place (a no-op in one process)."""
+        return self.all_reduce(t) if self.all_reduce is not None else t
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Called between backward and the optimiser step: drop the decoder gradient's component
+        along each row (unit-norm kinds), so the step moves rows on the sphere."""
+        if self.unit_norm_decoder and self.W_dec.grad is not None:
+            W, g = self.W_dec, self.W_dec.grad
+            g.sub_((g * W).sum(1, keepdim=True) * W / W.pow(2).sum(1, keepdim=True))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Called after the optimiser step: renormalise decoder rows (unit-norm kinds)."""
+        if self.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def saelens_export(self) -> tuple[dict, dict[str, Tensor]]:
+        """(cfg.json fields, tensors) of this dictionary as a SAELens SAE in the store's units."""
+        raise SaeaseError(f"a {self.kind} dictionary has no SAELens equivalent")
 
     # ---- save / load ----------------------------------------------------------------------
 
@@ -308,34 +332,27 @@ class Dictionary(nn.Module):
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(path / "dictionary.safetensors",
                            safetensors.torch.save(tensors, metadata={"format": FORMAT}))
-        atomic_write_json(path / "config.json", {"format": FORMAT, **asdict(self.cfg)})
+        atomic_write_json(path / "config.json", config_dict(self.cfg))
         return path
 
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> "Dictionary":
+        """A saved dictionary, in eval mode."""
         from saease.store import load_safetensors, read_json
 
         path = Path(path)
         if not (path / "config.json").exists():
             raise SaeaseError(f"{path}: not a saease dictionary (no config.json; expected a folder "
                               "written by `saease train`)")
-        raw = read_json(path / "config.json", "a dictionary config")
-        if raw.get("format") != FORMAT:
-            raise SaeaseError(f"{path}: dictionary format {raw.get('format')!r} is not supported; "
-                              f"expected {FORMAT!r}")
-        known = {f.name for f in fields(DictionaryConfig)}
-        unknown = sorted(set(raw) - known - {"format"})
-        if unknown:
-            raise SaeaseError(f"{path}/config.json: unknown fields {unknown}; written by another saease version?")
-        cfg = DictionaryConfig(**{k: v for k, v in raw.items() if k in known})
-        model = cls(cfg)
+        cfg = config_from_dict(read_json(path / "config.json", "a dictionary config"), f"{path}/config.json")
+        model = Dictionary.build(cfg)
         weights = path / "dictionary.safetensors"
         state = load_safetensors(weights, "dictionary")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SaeaseError(f"{weights}: tensors do not match a {cfg.kind} dictionary "
                               f"(missing {missing}, unexpected {unexpected})")
-        return model.to(device)
+        return model.to(device).eval()
 
     @property
     def device(self) -> torch.device:
@@ -344,4 +361,33 @@ class Dictionary(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return f"kind={c.kind}, d_in={c.d_in}, d_latent={c.d_latent}, encoder={c.encoder}x{c.encoder_layers}"
+
+
+def config_dict(cfg: DictionaryConfig) -> dict:
+    """The config as saved: format, kind, then every field."""
+    return {"format": FORMAT, "kind": cfg.kind, **asdict(cfg)}
+
+
+def config_from_dict(raw: dict, where: str) -> DictionaryConfig:
+    if raw.get("format") != FORMAT:
+        raise SaeaseError(f"{where}: dictionary format {raw.get('format')!r} is not supported; expected {FORMAT!r}")
+    values = {k: v for k, v in raw.items() if k not in ("format", "kind")}
+    cls = config_class(str(raw.get("kind")))
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise SaeaseError(f"{where}: unknown fields {unknown} for a {raw.get('kind')} dictionary; "
+                          "written by another saease version?")
+    return cls(**values)
+
+
+def topk_mask(z: Tensor, k: int) -> Tensor:
+    """Keep the k largest entries of each row of z, zero the rest."""
+    values, indices = z.topk(k, dim=-1)
+    return torch.zeros_like(z).scatter(-1, indices, values)
+
+
+def sq_err(x_hat: Tensor, x: Tensor) -> Tensor:
+    """‖x − x̂‖² per row."""
+    return (x_hat - x).pow(2).sum(-1)
+
 

@@ -35,13 +35,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from saease.dictionary import Dictionary, EncoderOutput
+from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
 
 HOOK_POINTS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_var", "hook_sae_acts_post",
@@ -68,7 +67,7 @@ class HookedDictionary(HookedRootModule):
         self.dictionary = dictionary
         self.use_error_term = use_error_term
         for name in HOOK_POINTS:
-            if name != "hook_sae_var" or dictionary.cfg.is_vae:
+            if name != "hook_sae_var" or dictionary.ad_from_variance:  # the kinds with a variance head
                 setattr(self, name, HookPoint())
         self.setup()
 
@@ -84,12 +83,10 @@ class HookedDictionary(HookedRootModule):
         """Codes of `x`, passing through the acts_pre / var / acts_post hook points."""
         d = self.dictionary
         x_scaled = d.scale_in(x)
-        if d.cfg.is_vae:
-            enc = d.encoder_output(x_scaled)
-            enc = EncoderOutput(mu=self.hook_sae_acts_pre(enc.mu), var=self.hook_sae_var(enc.var))
-        else:  # the SAE kinds' encoder is trunk → linear → ReLU (then top-k): expose the linear part
-            pre = self.hook_sae_acts_pre(d.trunk(x_scaled) @ d.W_enc + d.b_enc)
-            enc = EncoderOutput(mu=F.relu(pre), var=None)
+        enc = d.encoder_output(x_scaled)
+        enc.pre = self.hook_sae_acts_pre(enc.pre)
+        if enc.var is not None:
+            enc.var = self.hook_sae_var(enc.var)
         return self.hook_sae_acts_post(d.code_from(enc))
 
     def decode(self, codes: Float[Tensor, "... d_latent"]) -> Float[Tensor, "... d_in"]:

@@ -79,9 +79,9 @@ def _split(values: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
     return torch.where(degenerate, torch.zeros_like(n_below), n_below), sorted_all
 
 
-def active_count(activity: Tensor, is_vae: bool) -> Tensor:
+def active_count(activity: Tensor, from_variance: bool) -> Tensor:
     """Active latents per sample from the activity values (SPEC §2)."""
-    if is_vae:
+    if from_variance:
         return variance_split(activity)  # log σ²: small = active, the lower group
     valid = torch.isfinite(activity)  # exact zeros (log 0 = −inf) never enter the split
     n_valid = valid.sum(-1)
@@ -90,17 +90,17 @@ def active_count(activity: Tensor, is_vae: bool) -> Tensor:
     return n_valid - n_below
 
 
-def active_mask(activity: Float[Tensor, "batch n"], is_vae: bool) -> Bool[Tensor, "batch n"]:
+def active_mask(activity: Float[Tensor, "batch n"], from_variance: bool) -> Bool[Tensor, "batch n"]:
     """Which latents are active in each sample: the set whose size `active_count` gives.
 
     Equal values always fall on the same side of an optimal two-means cut, so comparing with
     the last value below the cut recovers the groups from their sizes.
     """
-    valid = None if is_vae else torch.isfinite(activity)
+    valid = None if from_variance else torch.isfinite(activity)
     n_below, sorted_vals = _split(activity, valid)
     cut = sorted_vals.gather(-1, (n_below - 1).clamp_min(0)[:, None])  # last value below the cut
     below = (activity <= cut) & (n_below > 0)[:, None]
-    if is_vae:
+    if from_variance:
         return below
     return valid & ~below
 
@@ -125,7 +125,7 @@ class Encoded:
     @cached_property
     def active(self) -> Bool[Tensor, "batch d_latent"]:
         """The SPEC §2 active set of each sample (computed on first use: it needs a sort)."""
-        return active_mask(self.dictionary.activity(self.enc), self.dictionary.cfg.is_vae)
+        return active_mask(self.dictionary.activity(self.enc), self.dictionary.ad_from_variance)
 
     @cached_property
     def nonzero_per_latent(self) -> Tensor:
@@ -139,10 +139,9 @@ class Encoded:
 
     @property
     def usage(self) -> Float[Tensor, "batch d_latent"]:
-        """Per-sample usage for ordering the masking curve: 1 − σ (VAE kinds), |z| (SAEs)."""
-        if self.enc.var is not None:
-            return 1 - self.enc.var.sqrt()
-        return self.codes.abs()
+        """Per-sample usage for ordering the masking curve (the kind's: |z|, or 1 − σ for the
+        variational kinds)."""
+        return self.dictionary.usage(self.enc, self.codes)
 
 
 @torch.no_grad()
@@ -159,7 +158,7 @@ def encode_batch(dictionary: Dictionary, acts: Tensor) -> Encoded:
 class Metrics:
     """Streaming RE, AD (split and fixed), per-label AD, L0, explained variance, dead latents."""
 
-    is_vae: bool
+    from_variance: bool
     n: int = 0
     sq_err: float = 0.0
     ad: float = 0.0
@@ -181,10 +180,10 @@ class Metrics:
         fired = b.nonzero_per_latent > 0
         self.fired = fired if self.fired is None else self.fired | fired
         self.ad += b.active_per_latent.sum().item()
-        if self.is_vae:
+        if self.from_variance:
             self.ad_fixed += threshold_count(b.enc.var).sum().item()
         if labels is not None:
-            strength = b.enc.var.sqrt() if self.is_vae else codes.abs()
+            strength = b.enc.var.sqrt() if self.from_variance else codes.abs()
             labels = labels.to(strength.device)
             for label in labels.unique().tolist():
                 rows = strength[labels == label]
@@ -209,8 +208,8 @@ class Metrics:
         }
         for label, (total, count) in sorted(self.label_sums.items()):
             mean_strength = (total / count)[None]
-            out["ad_per_label"][str(label)] = int(active_count(mean_strength.log(), self.is_vae).item())
-        if self.is_vae:
+            out["ad_per_label"][str(label)] = int(active_count(mean_strength.log(), self.from_variance).item())
+        if self.from_variance:
             out["ad_fixed"] = self.ad_fixed / self.n
         return out
 
@@ -220,7 +219,7 @@ def evaluate(dictionary: Dictionary, batches, *, n_total: int | None = None, pro
     """Stream `(acts, labels_or_None)` batches through the dictionary and return the SPEC §2
     metrics: re, ad, ad_per_label, l0, explained_variance, dead_fraction, n (and ad_fixed for
     the VAE kinds: σ² < 0.05)."""
-    metrics = Metrics(is_vae=dictionary.cfg.is_vae)
+    metrics = Metrics(from_variance=dictionary.ad_from_variance)
     bar = tqdm(total=n_total, unit="vec", desc="eval", disable=not progress, leave=False)
     for acts, labels in batches:
         metrics.update(encode_batch(dictionary, acts), labels)

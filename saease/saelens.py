@@ -30,13 +30,13 @@ This module writes and reads the files itself: it does not import sae_lens.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
-from saease.dictionary import Dictionary, DictionaryConfig
+from saease.dictionary import Dictionary, DictionaryConfig, make_config
 from saease.errors import SaeaseError
 from saease.store import atomic_write_bytes, atomic_write_json, load_safetensors
 
@@ -50,17 +50,16 @@ _RAW_MODEL_KWARGS = {"fold_ln": False, "center_writing_weights": False,
 # ---- export -------------------------------------------------------------------------------
 
 
-def export_refusal(cfg: DictionaryConfig) -> str | None:
+def export_refusal(dictionary: Dictionary) -> str | None:
     """Why a dictionary cannot be written as a SAELens SAE with equal outputs, or None."""
-    if cfg.kind == "vaease":
-        return ("vaease codes are (1 − σ(x)) ⊙ μ(x): each latent is gated by a second encoder "
-                "head, and no SAELens architecture expresses that gate")
-    if cfg.encoder != "text":
-        return (f"the {cfg.encoder!r} encoder uses Swish and a separate spread layer; SAELens "
-                "encoders are one linear layer + ReLU/top-k")
-    if cfg.encoder_layers != 1 or cfg.decoder_layers != 1:
-        return (f"SAELens SAEs have one linear encoder and decoder layer; this one has "
-                f"encoder_layers={cfg.encoder_layers}, decoder_layers={cfg.decoder_layers}")
+    cfg = dictionary.cfg
+    if not dictionary.linear:
+        return (f"SAELens SAEs have one linear encoder and decoder layer; this one has encoder "
+                f"{cfg.encoder!r} x{cfg.encoder_layers} and decoder_layers={cfg.decoder_layers}")
+    try:
+        dictionary.saelens_export()
+    except SaeaseError as err:
+        return str(err)
     return None
 
 
@@ -71,22 +70,17 @@ def export_saelens(dictionary: Dictionary | str | Path, out: str | Path) -> Path
     if not isinstance(dictionary, Dictionary):
         dictionary = Dictionary.load(dictionary)
     cfg = dictionary.cfg
-    reason = export_refusal(cfg)
+    reason = export_refusal(dictionary)
     if reason:
         raise SaeaseError(f"cannot export a {cfg.kind} dictionary to SAELens: {reason}")
-    s = float(cfg.input_scale)
     with torch.no_grad():
-        tensors = {"W_enc": dictionary.W_enc * s, "b_enc": dictionary.b_enc,
-                   "W_dec": dictionary.W_dec / s, "b_dec": dictionary.b_dec / s}
+        fields_, tensors = dictionary.saelens_export()
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     sae_cfg = {
-        "architecture": "topk" if cfg.kind == "sae-topk" else "standard",
-        "d_in": cfg.d_in, "d_sae": cfg.d_latent, "dtype": "float32", "device": "cpu",
+        **fields_, "d_in": cfg.d_in, "d_sae": cfg.d_latent, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": False, "normalize_activations": "none",
         "reshape_activations": "none", "metadata": _metadata(cfg),
     }
-    if cfg.kind == "sae-topk":
-        sae_cfg.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +102,7 @@ def _metadata(cfg: DictionaryConfig) -> dict:
             "prepend_bos": source.get("prepend_bos", False),
             "model_from_pretrained_kwargs": dict(_RAW_MODEL_KWARGS) if source.get("processed") is False else {},
             "saease": {"kind": cfg.kind, "d_latent": cfg.d_latent, "input_scale": cfg.input_scale,
-                       "note": "vae: the variance head is not exported" if cfg.kind == "vae" else None}}
+                       "note": "the variance head is not exported" if cfg.kind == "vae" else None}}
     return {k: v for k, v in meta.items() if v is not None or k in ("hook_head_index",)}
 
 
@@ -181,10 +175,11 @@ def import_saelens(path: str | Path) -> Dictionary:
         raise SaeaseError(f"{where} normalizes its inputs with {sae.normalize_activations!r} at run "
                           "time, which a linear saease encoder cannot express; supported: none")
     if sae.architecture == "jumprelu":
-        if (w["threshold"] > 0).any():
-            raise SaeaseError(f"{where} has positive JumpReLU thresholds (e.g. latent "
-                              f"{int((w['threshold'] > 0).nonzero()[0])}); a saease SAE has a plain "
-                              "ReLU, so only thresholds ≤ 0 map exactly")
+        positive = w["threshold"] > 0
+        if positive.any() and not positive.all():
+            raise SaeaseError(f"{where} mixes positive and non-positive JumpReLU thresholds (e.g. latent "
+                              f"{int((~positive).nonzero()[0])}); saease maps all-positive thresholds to "
+                              "sae-jumprelu and all-non-positive ones to a plain ReLU")
     W_enc, b_enc, W_dec, b_dec = w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"]
     if sae.apply_b_dec_to_input:  # (x − b_dec) @ W_enc + b_enc = x @ W_enc + (b_enc − b_dec @ W_enc)
         b_enc = b_enc - b_dec @ W_enc
@@ -200,15 +195,23 @@ def import_saelens(path: str | Path) -> Dictionary:
               "dataset": meta.get("dataset_path"), "context_size": meta.get("context_size"),
               "saelens": {"path": str(path.resolve()), "architecture": sae.architecture,
                           "model_from_pretrained_kwargs": meta.get("model_from_pretrained_kwargs")}}
-    kind = "sae-topk" if sae.architecture == "topk" else "sae-l1"
-    cfg = DictionaryConfig(kind=kind, d_in=sae.d_in, d_latent=sae.d_sae, k=sae.k if kind == "sae-topk" else None,
-                           source={k: v for k, v in source.items() if v is not None},
-                           training={"imported_from": "sae_lens"})
-    dictionary = Dictionary(cfg)
+    knobs: dict = {"k": sae.k} if sae.architecture == "topk" else {}
+    if sae.architecture == "topk":
+        kind = "sae-topk"
+    elif sae.architecture == "jumprelu" and (w["threshold"] > 0).all():
+        kind = "sae-jumprelu"
+    else:  # standard, or a JumpReLU whose thresholds are all ≤ 0: a plain ReLU
+        kind = "sae-l1"
+    cfg = make_config(kind, d_latent=sae.d_sae, **knobs)
+    cfg = replace(cfg, d_in=sae.d_in, source={k: v for k, v in source.items() if v is not None},
+                  training={"imported_from": "sae_lens"})
+    dictionary = Dictionary.build(cfg)
     with torch.no_grad():
         for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
             getattr(dictionary, name).copy_(value)
-    return dictionary
+        if kind == "sae-jumprelu":
+            dictionary.log_threshold.copy_(w["threshold"].log())
+    return dictionary.eval()
 
 
 def _read_weights(path: Path, sae: SAELensSAE) -> dict[str, torch.Tensor]:
@@ -253,7 +256,7 @@ def run(args) -> dict:
         dictionary = Dictionary.load(args.path)
         out = export_saelens(dictionary, args.out)
         return {"exported": str(args.path), "out": str(out), "kind": dictionary.kind,
-                "architecture": "topk" if dictionary.kind == "sae-topk" else "standard"}
+                "architecture": dictionary.saelens_export()[0]["architecture"]}
     dictionary = import_saelens(args.path)
     out = dictionary.save(args.out)
     return {"imported": str(args.path), "out": str(out), "kind": dictionary.kind,

@@ -20,7 +20,7 @@ from conftest import english_like_docs
 from saease.eval.evaluator import Options, evaluate_store
 from saease.eval.loss import loss_recovered
 from saease.eval.stream import Notes
-from saease import ActivationStore, Dictionary, DictionaryConfig, SaeaseError, StoreWriter
+from saease import ActivationStore, Dictionary, SaeaseError, StoreWriter
 from saease.metrics import MaskingCurve, active_mask, encode_batch, evaluate, masking_curve, tensor_batches
 from saease.models import load_model, run_to_hook
 
@@ -64,12 +64,12 @@ def store(tmp_path_factory, model, windows, tiny_pythia):
 
 def random_dictionary(kind="sae-l1", d_in=64, d_latent=48, seed=0, **cfg):
     torch.manual_seed(seed)
-    d = Dictionary(DictionaryConfig(kind=kind, d_in=d_in, d_latent=d_latent, **cfg))
+    d = Dictionary.create(kind, d_in=d_in, d_latent=d_latent, **cfg)
     with torch.no_grad():
         d.W_enc.normal_(0, 0.3)
         d.b_enc.normal_(0, 0.5)
         d.b_dec.normal_(0, 0.5)
-        if d.cfg.is_vae:
+        if d.ad_from_variance:
             d.W_sig.normal_(0, 0.3)
             d.b_sig.normal_(0, 1.0)
     return d
@@ -114,7 +114,7 @@ def test_top_n_matches_brute_force(store, kind):
     # density = the SPEC §2 active set; it sums to AD
     with torch.no_grad():
         enc = d.encoder_output(d.scale_in(x))
-    mask = active_mask(d.activity(enc), d.cfg.is_vae)
+    mask = active_mask(d.activity(enc), d.ad_from_variance)
     torch.testing.assert_close(e.stats.active.double() / len(x), mask.double().mean(0))
     assert e.result["ad"] == pytest.approx(mask.sum(-1).double().mean().item())
     # histogram of log10 of positive activations
@@ -161,7 +161,7 @@ def brute_masking(d, x):
     with torch.no_grad():
         enc = d.encoder_output(d.scale_in(x))
         codes = d.code_from(enc)
-        usage = (1 - enc.var.sqrt()) if d.cfg.is_vae else codes.abs()
+        usage = (1 - enc.var.sqrt()) if d.ad_from_variance else codes.abs()
         order = torch.sort(usage.double().sum(0), stable=True).indices
         keep, re = torch.ones(d.cfg.d_latent), []
         for step in range(d.cfg.d_latent + 1):
@@ -292,7 +292,7 @@ def test_html_report_renders_and_its_search_filters(store, dict_dirs, tmp_path):
 
 def exact_dictionary(d_in: int, hook: str) -> Dictionary:
     """sae-l1 with W_enc = [I, −I], W_dec = [I; −I]: ReLU(x) − ReLU(−x) = x exactly."""
-    d = Dictionary(DictionaryConfig(kind="sae-l1", d_in=d_in, d_latent=2 * d_in, source={"hook": hook}))
+    d = Dictionary.create("sae-l1", d_in=d_in, d_latent=2 * d_in, source={"hook": hook})
     eye = torch.eye(d_in)
     with torch.no_grad():
         d.W_enc.copy_(torch.cat([eye, -eye], 1))

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from saease.dictionary import Dictionary, DictionaryConfig
+from saease.dictionary import Dictionary, make_config
 from saease.errors import SaeaseError
 from saease.lens import (DictionaryModelWarning, HookedDictionary, decoder_direction, feature_acts,
                          splice, steer, top_activations)
@@ -54,13 +54,13 @@ def source_of(model) -> dict:
 
 def random_dictionary(kind: str, source: dict, seed: int = 0, **kw) -> Dictionary:
     torch.manual_seed(seed)
-    cfg = DictionaryConfig(kind=kind, d_in=D, d_latent=96, k=8 if kind == "sae-topk" else None,
+    cfg = make_config(kind, d_in=D, d_latent=96, k=8 if kind == "sae-topk" else None,
                            source=source, **kw)
-    d = Dictionary(cfg)
+    d = Dictionary.build(cfg)
     with torch.no_grad():  # non-trivial biases and variances
         d.b_enc.normal_(0, 0.1)
         d.b_dec.normal_(0, 0.3)
-        if cfg.is_vae:
+        if cfg.kind in ("vae", "vaease"):
             d.W_sig.normal_(0, 0.3)
     return d
 
@@ -68,8 +68,8 @@ def random_dictionary(kind: str, source: dict, seed: int = 0, **kw) -> Dictionar
 def exact_dictionary(source: dict, input_scale: float = 2.0) -> Dictionary:
     """d_latent = 2·d_model, W_enc = [I, −I], W_dec = [I; −I]: ReLU(x) − ReLU(−x) = x."""
     eye = torch.eye(D)
-    d = Dictionary(DictionaryConfig(kind="sae-l1", d_in=D, d_latent=2 * D, input_scale=input_scale,
-                                    source=source))
+    d = Dictionary.create("sae-l1", d_in=D, d_latent=2 * D, input_scale=input_scale,
+                                    source=source)
     with torch.no_grad():
         d.W_enc.copy_(torch.cat([eye, -eye], 1))
         d.W_dec.copy_(torch.cat([eye, -eye], 0))
@@ -132,7 +132,7 @@ def test_vaease_exposes_mean_variance_and_gated_code(hooked, tokens):
         _, cache = hooked.run_with_cache(tokens, names_filter=lambda n: "hook_sae" in n)
     mu, var, code = (cache[f"{HOOK}.hook_sae_{n}"] for n in ("acts_pre", "var", "acts_post"))
     assert ((var > 0) & (var < 1)).all()
-    torch.testing.assert_close(code, (1 - var.sqrt()) * mu)
+    torch.testing.assert_close(code, (1 - var.sqrt()) * mu.relu())  # acts_pre: the mean head before its ReLU
     torch.testing.assert_close(code, d.encode(cache[f"{HOOK}.hook_sae_input"]).detach())
 
 
@@ -222,7 +222,7 @@ def test_clear_errors(model, tokens):
         with splice(model, random_dictionary("sae-l1", {**src, "hook": "blocks.9.hook_resid_post"})):
             pass
     with pytest.raises(SaeaseError, match="d_in 32 .* d_model 64"):
-        small = Dictionary(DictionaryConfig(kind="sae-l1", d_in=32, d_latent=16, source=src))
+        small = Dictionary.create("sae-l1", d_in=32, d_latent=16, source=src)
         with splice(model, small):
             pass
     with pytest.raises(SaeaseError, match="feature 96 is out of range"):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from saease import Dictionary, DictionaryConfig
+from saease import Dictionary
 from saease.metrics import active_count, evaluate, tensor_batches, variance_split
 
 
@@ -29,21 +29,21 @@ def test_split_matches_brute_force():
 def test_split_finds_the_clusters():
     # Two clear clusters in log σ²: 3 active (≈ log 1e-4) and 7 inactive (≈ 0).
     row = torch.tensor([[-9.2, -0.01, -9.0, -0.02, 0.0, -9.4, -0.03, -0.01, 0.0, -0.05]])
-    assert active_count(row, is_vae=True).item() == 3
+    assert active_count(row, from_variance=True).item() == 3
     # SAE: zeros are never in the split; log|z| large = active.
     z = torch.tensor([[0.0, 2.0, 0.0, 1e-3, 3.0, 2.5, 0.0, 2e-3]])
-    assert active_count(z.abs().log(), is_vae=False).item() == 3
+    assert active_count(z.abs().log(), from_variance=False).item() == 3
 
 
 def test_split_edge_cases():
     flat = torch.zeros(1, 6)
-    assert active_count(flat, is_vae=True).item() == 0  # all σ² = 1: nothing active
+    assert active_count(flat, from_variance=True).item() == 0  # all σ² = 1: nothing active
     one = torch.tensor([[0.0, 0.0, 5.0, 0.0]]).log()
-    assert active_count(one, is_vae=False).item() == 1  # a single non-zero is active
+    assert active_count(one, from_variance=False).item() == 1  # a single non-zero is active
     equal = torch.tensor([[2.0, 2.0, 0.0]]).log()
-    assert active_count(equal, is_vae=False).item() == 2
+    assert active_count(equal, from_variance=False).item() == 2
     none = torch.zeros(1, 4).log()
-    assert active_count(none, is_vae=False).item() == 0
+    assert active_count(none, from_variance=False).item() == 0
 
 
 def test_variance_split_respects_valid_mask():
@@ -54,7 +54,7 @@ def test_variance_split_respects_valid_mask():
 
 def exact_dictionary(d):
     """sae-l1 with W_enc = [I, −I], W_dec = [I; −I]: ReLU(x) − ReLU(−x) = x exactly."""
-    dic = Dictionary(DictionaryConfig(kind="sae-l1", d_in=d, d_latent=2 * d))
+    dic = Dictionary.create("sae-l1", d_in=d, d_latent=2 * d)
     eye = torch.eye(d)
     with torch.no_grad():
         dic.W_enc.copy_(torch.cat([eye, -eye], 1))
@@ -80,7 +80,7 @@ def test_evaluate_on_an_exact_dictionary():
 def test_explained_variance_is_about_the_mean():
     torch.manual_seed(0)
     x = torch.randn(500, 3) + 10
-    dic = Dictionary(DictionaryConfig(kind="sae-l1", d_in=3, d_latent=2))
+    dic = Dictionary.create("sae-l1", d_in=3, d_latent=2)
     with torch.no_grad():
         dic.W_enc.zero_(); dic.b_enc.zero_(); dic.b_dec.copy_(x.mean(0))
     m = evaluate(dic, tensor_batches(x), progress=False)

@@ -5,12 +5,10 @@ import json
 import math
 from pathlib import Path
 
-from dataclasses import replace
 
 import pytest
 import torch
 
-from saease.dictionary import DictionaryConfig
 from saease.errors import SaeaseError
 from saease.store import write_store
 
@@ -33,18 +31,6 @@ def test_frontier_interpolates_the_lower_left_hull():
     assert pareto.frontier_at(pts, 15) == pytest.approx(25)
     assert pareto.frontier_at(pts, 30) == 20
     assert pareto.frontier_at(pts, 1) is None
-
-
-def test_study_dictionary_options_change_init_and_mean_head():
-    torch.manual_seed(0)
-    cfg = DictionaryConfig(kind="vaease", d_in=8, d_latent=6)
-    x = torch.randn(64, 8)
-    base = pareto.StudyDictionary(cfg).encoder_output(x)
-    assert base.var.mean().item() == pytest.approx(0.5, abs=0.02)  # the core's σ² = sigmoid(0)
-    assert (base.mu >= 0).all()
-    study = pareto.StudyDictionary(replace(cfg, sigma_init=0.02), mu="identity").encoder_output(x)
-    assert study.var.mean().item() == pytest.approx(0.02, abs=0.005)
-    assert (study.mu < 0).any()  # no ReLU on the mean head
 
 
 def test_pareto_end_to_end_on_a_tiny_store(tmp_path, capsys):

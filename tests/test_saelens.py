@@ -12,7 +12,7 @@ import torch
 
 sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is tested in its own environment (.ci/saelens.sh)")
 
-from saease.dictionary import Dictionary, DictionaryConfig  # noqa: E402
+from saease.dictionary import Dictionary  # noqa: E402
 from saease.lens import splice  # noqa: E402
 from saease.saelens import export_saelens, import_saelens  # noqa: E402
 
@@ -29,8 +29,8 @@ def assert_agree(actual, expected, tol=1e-6):
 
 def make(kind: str, scale: float, seed: int = 0, model: str = "tiny") -> Dictionary:
     torch.manual_seed(seed)
-    d = Dictionary(DictionaryConfig(kind=kind, d_in=D_IN, d_latent=D_SAE, k=8 if kind == "sae-topk" else None,
-                                    input_scale=scale, source={"model": model, "hook": HOOK, "layer": 1}))
+    d = Dictionary.create(kind, d_in=D_IN, d_latent=D_SAE, k=8 if kind == "sae-topk" else None,
+                                    input_scale=scale, source={"model": model, "hook": HOOK, "layer": 1})
     with torch.no_grad():
         d.b_enc.normal_(0, 0.2)
         d.b_dec.normal_(0, 0.5)

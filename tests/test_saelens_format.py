@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from saease.dictionary import Dictionary, DictionaryConfig
+from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
 from saease.saelens import add_arguments, export_saelens, import_saelens, load_any, run
 
@@ -22,8 +22,8 @@ SOURCE = {"model": "EleutherAI/pythia-70m-deduped", "hook": "blocks.2.hook_resid
 
 def make(kind: str, seed: int = 0, **kw) -> Dictionary:
     torch.manual_seed(seed)
-    d = Dictionary(DictionaryConfig(kind=kind, d_in=D_IN, d_latent=D_SAE, k=5 if kind == "sae-topk" else None,
-                                    source=dict(SOURCE), **kw))
+    d = Dictionary.create(kind, d_in=D_IN, d_latent=D_SAE, k=5 if kind == "sae-topk" else None,
+                                    source=dict(SOURCE), **kw)
     with torch.no_grad():
         d.b_enc.normal_(0, 0.2)
         d.b_dec.normal_(0, 0.5)
@@ -92,9 +92,9 @@ def test_raw_weights_are_recorded_for_saelens(tmp_path):
 
 
 @pytest.mark.parametrize("kw,reason", [
-    ({"kind": "vaease"}, "gate"),
-    ({"kind": "vae", "encoder": "authors"}, "Swish"),
-    ({"kind": "sae-l1", "encoder_layers": 2}, "encoder_layers=2"),
+    ({"kind": "vaease"}, "no SAELens equivalent"),
+    ({"kind": "vae", "encoder": "authors"}, "encoder 'authors'"),
+    ({"kind": "sae-l1", "encoder_layers": 2}, "x2"),
 ])
 def test_export_refuses_what_saelens_cannot_express(tmp_path, kw, reason):
     kind = kw.pop("kind")
@@ -143,8 +143,8 @@ def test_import_pre_6_config(tmp_path):
 
 @pytest.mark.parametrize("change,message", [
     (lambda c, w: c.update(architecture="gated"), "supported architectures are standard, topk and jumprelu"),
-    (lambda c, w: c.update(architecture="jumprelu") or w.update(threshold=torch.full((D_SAE,), 0.1)),
-     "positive JumpReLU thresholds"),
+    (lambda c, w: c.update(architecture="jumprelu") or w.update(threshold=torch.linspace(-1, 1, D_SAE)),
+     "mixes positive and non-positive JumpReLU thresholds"),
     (lambda c, w: c.update(normalize_activations="layer_norm"), "'layer_norm'"),
     (lambda c, w: w.update(W_enc=torch.zeros(D_IN, 3)), r"W_enc should have shape \(16, 40\)"),
     (lambda c, w: c.pop("d_sae"), "missing field 'd_sae'"),

@@ -14,6 +14,7 @@ import yaml
 
 from saease.cli import main
 from saease.dictionary import Dictionary
+from saease.errors import SaeaseError
 from saease.store import StoreWriter, holdout_mask
 from saease.train.config import TrainConfig
 from test_train_support import one_thread, small_store  # noqa: F401  (one_thread: autouse)
@@ -25,7 +26,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def quick(store, out, **kw) -> TrainConfig:
     kw = {"d_latent": 24, "epochs": 2, "batch_size": 128, "progress": False, "checkpoint_every": 0,
           "log_every": 5, **kw}
-    return TrainConfig(data=str(store.path), out=str(out), **kw)
+    return TrainConfig.flat(data=str(store.path), out=str(out), **kw)
 
 
 def cli(capsys, *argv) -> tuple[int, dict | None, str]:
@@ -40,13 +41,19 @@ def weights(path) -> dict[str, torch.Tensor]:
 
 
 def test_defaults_are_the_papers_llm_settings():
-    cfg = TrainConfig().resolved()
-    assert (cfg.kind, cfg.d_latent, cfg.batch_size, cfg.lr, cfg.epochs, cfg.t0, cfg.t_mult, cfg.holdout) == \
-        ("vaease", 300, 2048, 5e-3, 35, 5, 2, 0.1)
-    assert (TrainConfig(kind="sae-l1").resolved().lambda1, TrainConfig(kind="sae-l1").resolved().lambda2) == (0.32, 0.2)
-    assert TrainConfig(kind="sae-log").resolved().lambda1 == 0.01
-    assert TrainConfig(kind="sae-topk").resolved().k == 30
-    assert TrainConfig(kind="sae-l1", lambda1=0.05).resolved().lambda1 == 0.05  # a given value wins
+    cfg = TrainConfig()
+    assert (cfg.kind, cfg.dictionary.d_latent, cfg.batch_size, cfg.lr, cfg.epochs, cfg.t0, cfg.t_mult,
+            cfg.holdout) == ("vaease", 300, 2048, 5e-3, 35, 5, 2, 0.1)
+    l1 = TrainConfig.flat(kind="sae-l1").dictionary
+    assert (l1.lambda1, l1.lambda2) == (0.32, 0.2)
+    assert TrainConfig.flat(kind="sae-log").dictionary.lambda1 == 0.01
+    assert TrainConfig.flat(kind="sae-topk").dictionary.k == 30
+    assert TrainConfig.flat(kind="sae-l1", lambda1=0.05).dictionary.lambda1 == 0.05  # a given value wins
+    # flat names round-trip, and a kind's own setting is refused for another kind
+    topk = TrainConfig.flat(kind="sae-topk", k=7, lr=0.1)
+    assert TrainConfig.flat(**topk.flat_values()) == topk
+    with pytest.raises(SaeaseError, match="--k: not a setting of vaease"):
+        TrainConfig.flat(kind="vaease", k=7)
 
 
 def test_train_with_no_arguments_uses_the_newest_store(tmp_path, monkeypatch, capsys):
@@ -80,18 +87,6 @@ def test_reported_re_is_in_the_stores_units(tmp_path):
     # normalized inputs are the same, so everything in store units scales with the data
     assert rb["re"] / ra["re"] == pytest.approx(100, rel=1e-3)
     assert rb["ad"] == pytest.approx(ra["ad"], abs=0.05)
-
-
-def test_fused_and_autograd_steps_train_the_same_dictionary(tmp_path):
-    from saease.train import train
-
-    s = small_store(tmp_path / "s")
-    train(quick(s, tmp_path / "fused", kind="vaease"))
-    _, summary = train(quick(s, tmp_path / "auto", kind="vaease", fused=False))
-    assert summary["step_kind"] == "autograd"
-    wa, wb = weights(tmp_path / "fused"), weights(tmp_path / "auto")
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_config_file_supplies_settings_and_flags_override_it(tmp_path, capsys):
@@ -181,9 +176,11 @@ def test_threads_apply_to_the_run_only_and_max_steps_caps_it(tmp_path, monkeypat
 
     s = small_store(tmp_path / "s")
     seen = []
-    real_step = __import__("saease.train.step", fromlist=["FusedStep"]).FusedStep.__call__
-    monkeypatch.setattr("saease.train.step.FusedStep.__call__",
-                        lambda self, x, full=True: (seen.append(torch.get_num_threads()), real_step(self, x, full))[1])
+    from saease.kinds.vaease import VAEase
+
+    real_loss = VAEase.loss
+    monkeypatch.setattr(VAEase, "loss", lambda self, x, generator=None: (seen.append(torch.get_num_threads()),
+                                                                         real_loss(self, x, generator))[1])
     torch.set_num_threads(2)
     _, summary = train(quick(s, tmp_path / "d", max_steps=3, threads=1))
     assert summary["steps"] == 3 and seen == [1, 1, 1]

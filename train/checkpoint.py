@@ -11,30 +11,28 @@ kill at any moment leaves the last complete checkpoint in place.
 from __future__ import annotations
 
 import io
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from saease.dictionary import config_dict
 from saease.errors import SaeaseError
 from saease.store import atomic_write_bytes, atomic_write_json, read_json
 
-FORMAT = "saease.checkpoint/1"
+FORMAT = "saease.checkpoint/2"
 WEIGHTS, INFO = "checkpoint.pt", "checkpoint.json"
 
-# Settings a resumed run must share with the checkpoint (the rest, e.g. --epochs, --device,
-# --checkpoint-every or the W&B flags, may change).
-FIXED = ("kind", "d_latent", "encoder", "encoder_layers", "encoder_hidden", "decoder_layers", "lambda1", "lambda2", "k",
-         "gamma", "gamma_floor", "log_gamma_init", "normalize", "batch_size", "lr", "t0", "t_mult", "seed",
-         "holdout", "buffer_shards")
+# A resumed run must share the checkpoint's `TrainConfig.fixed_values()` (every dictionary
+# setting and the run's `fixed` fields); the rest (--epochs, --device, W&B flags, …) may change.
 
 
 def save(out: Path, *, train_cfg, model, optimizer, scheduler, noise_states: list, step: int, epoch: int,
          batch: int, total_steps: int, store, wandb_id: str | None) -> None:
     state = {
         "format": FORMAT,
-        "train_config": asdict(train_cfg),
-        "dictionary_config": asdict(model.cfg),
+        "train_config": train_cfg.flat_values(),
+        "fixed": train_cfg.fixed_values(),
+        "dictionary_config": config_dict(model.cfg),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -80,10 +78,10 @@ def load(path) -> dict:
 
 def check_compatible(state: dict, cfg, store, where) -> None:
     """A one-line error if the run asked for disagrees with the checkpoint it resumes."""
-    saved = state["train_config"]
-    for name in FIXED:
-        if saved.get(name) != getattr(cfg, name):
-            raise SaeaseError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} disagrees with the checkpoint in "
+    saved = state["fixed"]
+    for name, value in cfg.fixed_values().items():
+        if saved.get(name) != value:
+            raise SaeaseError(f"--{name.replace('_', '-')} {value!r} disagrees with the checkpoint in "
                               f"{where} ({saved.get(name)!r}); drop the flag to continue that run, or start a new one")
     was = state["store"]
     if store.d_in != was["d_in"]:

@@ -11,15 +11,23 @@ from __future__ import annotations
 import argparse
 import os
 
-from saease.cli import dataclass_args
+from saease.cli import add_field, dataclass_args
+from saease.dictionary import kind_names
 from saease.errors import SaeaseError
 from saease.train import checkpoint
-from saease.train.config import TrainConfig, config_from_mapping, field_names
+from saease.train.config import DEFAULT_KIND, TrainConfig, config_from_mapping, dictionary_fields, field_names
 from saease.train.trainer import train
 
 
 def add_arguments(parser) -> None:
+    """The run's flags (TrainConfig), --kind, then every kind's dictionary flags; a flag that the
+    chosen kind does not have is refused with the kinds that have it."""
     dataclass_args(parser, TrainConfig)
+    parser.add_argument("--kind", choices=kind_names(), help=f"dictionary kind (default: {DEFAULT_KIND})")
+    group = parser.add_argument_group("dictionary settings (each kind's defaults are its paper's)")
+    for name, (f, hint, kinds) in dictionary_fields().items():
+        which = "" if len(kinds) == len(kind_names()) else f" [{', '.join(kinds)}]"
+        add_field(group, f, hint, help_suffix=which, default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
                         help="YAML mapping of settings (flag names, - or _); flags given here override it")
     # Flags not given stay out of the namespace, so `run` can tell them from defaults.
@@ -36,9 +44,8 @@ def run(args) -> dict:
         values.update(sweep_values())
     if values.get("resume"):
         saved = checkpoint.load(values["resume"])["train_config"]
-        values = {**{k: v for k, v in saved.items() if k in set(field_names())},
-                  "out": None, "overwrite": False, **values}
-    _, summary = train(TrainConfig(**values))
+        values = {**saved, "out": None, "overwrite": False, **values}
+    _, summary = train(TrainConfig.flat(**values))
     return summary if int(os.environ.get("RANK", "0")) == 0 else None  # one summary per torchrun job
 
 

@@ -1,73 +1,62 @@
-"""The training configuration; its fields are also the `saease train` flags.
+"""The training configuration: the dictionary's config nested inside the run's settings.
 
-The defaults are the paper's LLM settings (Table 3): VAEase, κ = 300, batch 2048, lr 5e-3,
-35 epochs, Adam, CosineAnnealingWarmRestarts(T_0 = 5, T_mult = 2) stepped every batch. The
-sparsity knobs left unset take the paper's value for the kind (`PAPER_KNOBS`).
+    TrainConfig
+    ├── dictionary: the kind's config (saease/kinds/*: d_latent, k, lambda1, sigma_init, …)
+    └── the run: data, out, epochs, batch_size, lr, devices, checkpoints, logging
+
+Flags, YAML files and W&B sweeps all name settings flat (`--kind sae-topk --k 32 --lr 1e-3`);
+`TrainConfig.flat` sorts them into the two levels, and `flat_values` writes them back. The
+defaults are the paper's LLM settings (Table 3): VAEase, κ = 300, batch 2048, lr 5e-3, 35
+epochs, Adam, CosineAnnealingWarmRestarts(T_0 = 5, T_mult = 2) stepped every batch; each kind's
+own knobs default to the paper's values in its config.
+
+Fields marked `fixed` (and every dictionary setting) must match when a run is resumed.
 """
 
 from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
-from saease.dictionary import ENCODERS, GAMMA_MODES, KINDS
+from saease.dictionary import DictionaryConfig, config_class, kind_names, make_config
 from saease.errors import SaeaseError
 
-PRECISIONS = ("fp32", "bf16")
-
-# The paper's Table 3 settings per kind: (λ1, λ2, k).
-PAPER_KNOBS = {
-    "sae-l1": {"lambda1": 0.32, "lambda2": 0.2},
-    "sae-log": {"lambda1": 0.01, "lambda2": 0.2},
-    "sae-topk": {"k": 30},
-}
+DEFAULT_KIND = "vaease"
 
 
-def opt(default, doc: str, **metadata):
-    """A TrainConfig field: its default and its --help text (plus argparse extras: choices)."""
-    return field(default=default, metadata={"help": doc, **metadata})
+def opt(default, doc: str, *, fixed: bool = False, **metadata):
+    """A TrainConfig field: its default, its --help text, and whether a resume must keep it."""
+    return field(default=default, metadata={"help": doc, "fixed": fixed, **metadata})
 
 
 @dataclass
 class TrainConfig:
+    dictionary: DictionaryConfig = field(default_factory=lambda: make_config(DEFAULT_KIND),
+                                         metadata={"cli": False})
     # ---- data and output -----------------------------------------------------------------
     data: str | None = opt(None, "activation store (default: the newest under ./activations)")
-    out: str | None = opt(None, "output folder (default: dictionaries/<store>-<kind>-<κ>)")
+    out: str | None = opt(None, "output folder (default: dictionaries/<model>-<hook>-<kind>-<κ>)")
     resume: str | None = opt(None, "continue the run whose output folder (or checkpoint.pt) this is")
-    overwrite: bool = opt(False, "start afresh even if --out holds an unfinished run")
-    # ---- the dictionary ------------------------------------------------------------------
-    kind: str = opt("vaease", "dictionary kind", choices=KINDS)
-    d_latent: int = opt(300, "latent width κ")
-    encoder: str = opt("text", "text: ReLU mean head; authors: Linear(d,2κ)+Swish split; residual: residual MLP "
-                       "trunk", choices=ENCODERS)
-    encoder_layers: int = opt(1, "1 = linear heads; N > 1 = Swish MLP (hidden 2κ) or N residual blocks")
-    encoder_hidden: int | None = opt(None, "deep encoders' width (default: 2κ Swish MLP, 8κ residual)")
-    decoder_layers: int = opt(1, "1 = linear dictionary; N > 1 = MLP decoder")
-    lambda1: float | None = opt(None, "sparsity weight (default: the paper's, sae-l1 0.32, sae-log 0.01)")
-    lambda2: float | None = opt(None, "decoder Frobenius weight (default: the paper's 0.2 for sae-l1/sae-log)")
-    k: int | None = opt(None, "active latents kept (sae-topk; default: the paper's 30)")
-    gamma: str = opt("optimal", "VAE decoder variance: optimal (batch γ*) or learned", choices=GAMMA_MODES)
-    gamma_floor: float = opt(1e-6, "lower bound on γ, in normalized units")
-    log_gamma_init: float = opt(0.0, "initial log γ (learned mode)")
-    sigma_init: float = opt(0.5, "VAE kinds: the σ² every latent starts at")
-    normalize: bool = opt(True, "scale inputs to mean norm sqrt(d_in), estimated from the store")
+    overwrite: bool = opt(False, "replace a finished dictionary or an unfinished run in --out")
+    expansion_factor: int | None = opt(None, "κ = N·d_in (instead of --d-latent)")
+    normalize: bool = opt(True, "scale inputs to mean norm sqrt(d_in), estimated from the store", fixed=True)
     # ---- optimisation --------------------------------------------------------------------
     epochs: int = opt(35, "passes over the training rows")
     max_steps: int | None = opt(None, "stop after this many steps in all (default: all epochs)")
-    batch_size: int = opt(2048, "vectors per step (the global batch, over all processes)")
-    lr: float = opt(5e-3, "Adam learning rate")
-    t0: int = opt(5, "CosineAnnealingWarmRestarts T_0, in steps")
-    t_mult: int = opt(2, "CosineAnnealingWarmRestarts T_mult")
-    seed: int = opt(0, "seed for init, shuffling, noise and the held-out split")
+    batch_size: int = opt(2048, "vectors per step (the global batch, over all processes)", fixed=True)
+    lr: float = opt(5e-3, "Adam learning rate", fixed=True)
+    t0: int = opt(5, "CosineAnnealingWarmRestarts T_0, in steps", fixed=True)
+    t_mult: int = opt(2, "CosineAnnealingWarmRestarts T_mult", fixed=True)
+    seed: int = opt(0, "seed for init, shuffling, noise and the held-out split", fixed=True)
     # ---- streaming -----------------------------------------------------------------------
-    holdout: float = opt(0.1, "fraction of rows held out for eval")
-    buffer_shards: int = opt(4, "shards mixed together when shuffling")
+    holdout: float = opt(0.1, "fraction of rows held out for eval", fixed=True)
+    buffer_shards: int = opt(4, "shards mixed together when shuffling", fixed=True)
     prefetch: int = opt(4, "batches read ahead by the loader thread")
     # ---- devices and speed ---------------------------------------------------------------
     device: str | None = opt(None, "cpu, cuda, cuda:N (default: cuda when present)")
-    precision: str = opt("fp32", "fp32, or bf16 autocast (CUDA only)", choices=PRECISIONS)
+    precision: Literal["fp32", "bf16"] = opt("fp32", "fp32, or bf16 autocast (CUDA only)")
     compile: bool = opt(False, "torch.compile the loss (CUDA only)")
-    fused: bool = opt(True, "hand-written step for linear dictionaries (else autograd)")
     threads: int | None = opt(None, "CPU threads for torch during the run (default: torch's choice)")
     # ---- checkpoints and logging ---------------------------------------------------------
     checkpoint_every: int = opt(1000, "steps between checkpoints (0: only at the end)")
@@ -78,12 +67,52 @@ class TrainConfig:
     wandb_entity: str | None = opt(None, "W&B entity (team or user)")
     wandb_run_name: str | None = opt(None, "W&B run name")
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with the paper's knobs filled in for this kind, after checking every value."""
-        for name in ("epochs", "batch_size", "d_latent", "t0", "t_mult", "buffer_shards", "prefetch", "log_every"):
+    @property
+    def kind(self) -> str:
+        return self.dictionary.kind
+
+    # ---- flat names: flags, YAML, sweeps -------------------------------------------------
+
+    @classmethod
+    def flat(cls, **values) -> "TrainConfig":
+        """A config from flat settings: `kind`, the kind's fields and the run's fields."""
+        values = dict(values)
+        kind = values.pop("kind", None) or DEFAULT_KIND
+        run_names = run_field_names()
+        run = {k: v for k, v in values.items() if k in run_names}
+        return cls(dictionary=make_config(kind, **{k: v for k, v in values.items() if k not in run_names}), **run)
+
+    def flat_values(self) -> dict:
+        """The settings as flat names (the inverse of `flat`); records are left out."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dictionary"}
+        out["kind"] = self.kind
+        out.update({f.name: getattr(self.dictionary, f.name) for f in fields(self.dictionary)
+                    if f.metadata.get("cli", True)})
+        return out
+
+    def with_(self, **values) -> "TrainConfig":
+        """A copy with some flat settings changed; a new `kind` keeps the settings it shares."""
+        base = self.flat_values()
+        kind = values.get("kind", base["kind"])
+        if kind != base["kind"]:
+            own = {f.name for f in fields(config_class(kind))}
+            base = {k: v for k, v in base.items() if k in own or k in run_field_names() or k == "kind"}
+        return TrainConfig.flat(**{**base, **values})
+
+    def fixed_values(self) -> dict:
+        """What a resumed run must share with its checkpoint: the dictionary's settings and the
+        run's `fixed` fields."""
+        out = {"kind": self.kind, **{f.name: getattr(self.dictionary, f.name) for f in fields(self.dictionary)
+                                     if f.metadata.get("cli", True)}}
+        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("fixed")})
+        return out
+
+    def checked(self) -> "TrainConfig":
+        """Self, after checking every run setting (the dictionary config checks its own)."""
+        for name in ("epochs", "batch_size", "t0", "t_mult", "buffer_shards", "prefetch", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise SaeaseError(f"--{flag(name)} {getattr(self, name)}: expected a positive integer")
-        for name in ("max_steps", "threads"):
+        for name in ("max_steps", "threads", "expansion_factor"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SaeaseError(f"--{flag(name)} {getattr(self, name)}: expected a positive integer")
         if self.checkpoint_every < 0:
@@ -92,52 +121,76 @@ class TrainConfig:
             raise SaeaseError(f"--lr {self.lr}: expected a positive learning rate")
         if not 0 <= self.holdout < 1:
             raise SaeaseError(f"--holdout {self.holdout}: expected a fraction in [0, 1)")
-        if self.kind not in KINDS:
-            raise SaeaseError(f"--kind {self.kind!r}: choose from {', '.join(KINDS)}")
-        if self.precision not in PRECISIONS:
-            raise SaeaseError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in PAPER_KNOBS.get(self.kind, {}).items():
-            if values[name] is None:
-                values[name] = value
-        values["lambda1"] = values["lambda1"] or 0.0
-        values["lambda2"] = values["lambda2"] or 0.0
-        return TrainConfig(**values)
+        if self.precision not in typing.get_args(typing.get_type_hints(TrainConfig)["precision"]):
+            raise SaeaseError(f"--precision {self.precision!r}: choose from fp32, bf16")
+        return self
 
 
 def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def run_field_names() -> set[str]:
+    return {f.name for f in fields(TrainConfig) if f.name != "dictionary"}
+
+
+def dictionary_fields() -> dict[str, tuple]:
+    """Every kind's settable dictionary fields: name → (dataclass field, type hint, [kinds])."""
+    out: dict[str, tuple] = {}
+    for kind in kind_names():
+        cls = config_class(kind)
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if not f.metadata.get("cli", True):
+                continue
+            if f.name in out:
+                out[f.name][2].append(kind)
+            else:
+                out[f.name] = (f, hints[f.name], [kind])
+    return out
+
+
 def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+    """Every flat setting name: the run's fields, kind, and every kind's dictionary fields."""
+    return sorted(run_field_names() | {"kind"} | set(dictionary_fields()))
 
 
 def config_from_mapping(values: dict, what: str) -> dict:
-    """Check a {name: value} mapping (a YAML file, a W&B config) against TrainConfig's fields
+    """Check a {name: value} mapping (a YAML file, a W&B config) against the flat setting names
     and convert each value to its field's type; names may use - or _."""
     hints = typing.get_type_hints(TrainConfig)
+    hints.update({name: hint for name, (_, hint, _) in dictionary_fields().items()})
+    hints["kind"] = str
     out, unknown = {}, []
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in hints:
+        if name not in hints or name == "dictionary":
             unknown.append(str(key))
             continue
-        out[name] = _coerce(value, hints[name], f"{what}: {key}")
+        out[name] = coerce(value, hints[name], f"{what}: {key}")
     if unknown:
         raise SaeaseError(f"{what}: unknown setting(s) {', '.join(sorted(unknown))}; expected names of "
                           f"`saease train` flags such as kind, d_latent, lr, lambda1, k, epochs")
     return out
 
 
-def _coerce(value, hint, what: str):
+def coerce(value, hint, what: str):
     """`value` as the type `hint` names (YAML reads 5e-3 as a string, W&B sends ints for floats)."""
-    types_ = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise SaeaseError(f"{what}: {value!r}: choose from {', '.join(map(str, typing.get_args(hint)))}")
+        return value
+    args = typing.get_args(hint)
+    types_ = [t for t in args or (hint,) if t is not type(None)]
     if value is None:
-        if len(types_) < len(typing.get_args(hint) or (hint,)):
+        if len(types_) < len(args or (hint,)):
             return None
         raise SaeaseError(f"{what}: a value is required")
     tp = types_[0]
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+        return [coerce(v, item, what) for v in items]
     try:
         if tp is bool:
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
@@ -150,3 +203,10 @@ def _coerce(value, hint, what: str):
         return tp(value)
     except (TypeError, ValueError):
         raise SaeaseError(f"{what}: {value!r} is not a valid {tp.__name__}") from None
+
+
+def from_saved(saved: dict) -> TrainConfig:
+    """A TrainConfig from the `flat_values()` a checkpoint saved."""
+    return TrainConfig.flat(**saved)
+
+

@@ -2,12 +2,11 @@
 
     torchrun --nproc-per-node 2 -m saease.cli train --data STORE ...
 
-Each process trains on its own slice of every global batch (see `train.loader`); after the
-backward pass one all-reduce sums the slices' gradients, each weighted by its share of the
-batch, so every process takes the step one process would take on the whole batch (what
-DistributedDataParallel's reducer does, in a single bucket: the fused step writes its
-gradients itself, so there is no autograd hook for DDP to attach to). CUDA processes use
-NCCL and one GPU each (LOCAL_RANK); CPU processes use gloo.
+Each process trains on its own slice of every global batch (see `saease.train.loader`); the
+trainer wraps the dictionary's loss in DistributedDataParallel, whose reducer averages the
+slices' gradients during the backward pass, so every process takes the step one process would
+take on the whole batch. CUDA processes use NCCL and one GPU each (LOCAL_RANK); CPU processes
+use gloo.
 """
 
 from __future__ import annotations
@@ -100,20 +99,3 @@ def start(device: str | None) -> tuple[Processes, torch.device]:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         started = True
     return Processes(rank=rank, world_size=world_size, started_group=started), dev
-
-
-def share_optimal_gamma(model, processes: Processes) -> None:
-    """Make `model.gamma(sq_err)` (optimal-γ mode) use the global batch's γ* rather than this
-    process's slice's, for the autograd step (the fused step does the same itself)."""
-    if not processes.many or model.cfg.gamma != "optimal" or not model.cfg.is_vae:
-        return
-    own = model.gamma
-
-    def gamma(sq_err=None):
-        if sq_err is None:
-            return own()
-        total = torch.stack([sq_err.detach().sum(), torch.tensor(float(len(sq_err)), device=sq_err.device)])
-        processes.sum_(total)
-        return own((total[0] / total[1]).reshape(1))
-
-    model.gamma = gamma

@@ -10,8 +10,6 @@ end are `eval/<name>` in the run's summary (what sweeps optimise).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
-
 import torch
 from tqdm.auto import tqdm
 
@@ -46,7 +44,7 @@ class Monitor:
         self.bar.update(1)
         if not self.due(step):
             return
-        metrics = {k: v.item() for k, v in terms.items()}
+        metrics = {k: v.item() for k, v in terms.items() if v is not None}
         scale = self.model.cfg.input_scale
         metrics["re"] = metrics["mse"] / scale ** 2
         metrics.update(self.codes_metrics(x, fired is None))
@@ -64,9 +62,8 @@ class Monitor:
         codes = m.code_from(enc)
         if need_fired:  # the step did not report firing: this batch is the window
             self.fired = (codes != 0).any(0)
-            enc.mu, codes = enc.mu[:AD_ROWS], codes[:AD_ROWS]
-            enc.var = enc.var[:AD_ROWS] if enc.var is not None else None
-        ad = active_count(m.activity(enc), m.cfg.is_vae).float().mean().item()
+        ad = active_count(m.activity(enc)[:AD_ROWS], m.ad_from_variance).float().mean().item()
+        codes = codes[:AD_ROWS]
         return {"ad": ad, "l0": (codes != 0).sum(-1).float().mean().item(),
                 "dead": 1 - self.fired.float().mean().item()}
 
@@ -87,7 +84,7 @@ def start_wandb(cfg, model: Dictionary, wandb_id: str | None):
         import wandb
     except ImportError:
         raise SaeaseError("--wandb: the wandb package is not installed; pip install wandb") from None
-    config = {**asdict(cfg), "input_scale": model.cfg.input_scale, "d_in": model.cfg.d_in}
+    config = {**cfg.flat_values(), "input_scale": model.cfg.input_scale, "d_in": model.cfg.d_in}
     if wandb.run is not None:
         wandb.run.config.update(config, allow_val_change=True)
         return wandb.run

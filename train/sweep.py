@@ -199,7 +199,7 @@ def run_local(spec: dict, name: str, fixed: dict, *, count: int | None, out: Pat
     for i, params in enumerate(runs):
         values = {**config_from_mapping(params, f"{name} run {i}"), **fixed}
         values.update(out=str(out / name / f"run-{i:03d}"), wandb=True, overwrite=True)
-        cfg = TrainConfig(**values)
+        cfg = TrainConfig.flat(**values)
         wandb.init(mode="offline", project=project, group=name, name=f"{name}-{i:03d}", config=params,
                    job_type="sweep-run", dir=str(logs))
         try:

@@ -1,39 +1,50 @@
 """The training loop: read it top to bottom.
 
-    store → shuffled batches (read ahead) → loss gradients → [all-reduce] → Adam → cosine restarts
-    every N steps: a checkpoint; at the end: metrics on the held-out rows, saved with the weights
+    store → shuffled batches (read ahead) → the kind's loss → backward ([DDP all-reduce]) →
+    decoder-norm handling → Adam → cosine restarts
+    every N steps, and on SIGINT/SIGTERM: a checkpoint; at the end: metrics on the held-out
+    rows, saved with the weights
 
 `train(cfg)` returns the dictionary and the run's summary. Launched by `torchrun`, every
-process runs it on its own slice of each batch; rank 0 writes, evaluates and reports (the
-other processes return the same weights and a summary of None).
+process runs it on its own slice of each batch, the dictionary wrapped in PyTorch's
+DistributedDataParallel; rank 0 writes, evaluates and reports (the other processes return the
+same weights and a summary of None).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import signal
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from saease.dictionary import Dictionary, DictionaryConfig
+from saease.dictionary import Dictionary, config_from_dict
 from saease.errors import SaeaseError
 from saease.metrics import evaluate
 from saease.store import ActivationStore, holdout_mask, newest_store
 from saease.train import checkpoint
 from saease.train.config import TrainConfig
-from saease.train.devices import Processes, pick_device, share_optimal_gamma, start
+from saease.train.devices import Processes, pick_device, start
 from saease.train.loader import ShuffledBatches
 from saease.train.monitor import Monitor
-from saease.train.step import AutogradStep, FusedStep, fusable
 
-__all__ = ["train", "pick_device", "heldout_batches"]
+__all__ = ["train", "pick_device", "heldout_batches", "Interrupted"]
+
+
+class Interrupted(SaeaseError):
+    """SIGINT or SIGTERM stopped a run after it wrote a checkpoint (the CLI exits 130)."""
+
+    exit_code = 130
 
 
 def train(cfg: TrainConfig) -> tuple[Dictionary, dict]:
-    cfg = cfg.resolved()
+    cfg = cfg.checked()
     procs, device = start(cfg.device)
     threads = torch.get_num_threads()
     try:
@@ -55,6 +66,8 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         cfg = replace(cfg, data=state["store"]["path"])
     store = open_store(cfg.data)
     cfg = replace(cfg, data=str(store.path))
+    if cfg.expansion_factor:
+        cfg = cfg.with_(d_latent=cfg.expansion_factor * store.d_in)
     if state is not None:
         checkpoint.check_compatible(state, cfg, store, cfg.resume)
     if cfg.batch_size < procs.world_size:
@@ -84,23 +97,21 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
     torch.manual_seed(cfg.seed)
     if state is None:
         sample = batches.sample()
-        scale = math.sqrt(store.d_in) / sample.norm(dim=-1).mean().item() if cfg.normalize else 1.0
-        dict_cfg = DictionaryConfig(
-            kind=cfg.kind, d_in=store.d_in, d_latent=cfg.d_latent, encoder=cfg.encoder,
-            encoder_layers=cfg.encoder_layers, encoder_hidden=cfg.encoder_hidden,
-            decoder_layers=cfg.decoder_layers, k=cfg.k,
-            lambda1=cfg.lambda1, lambda2=cfg.lambda2, gamma=cfg.gamma, gamma_floor=cfg.gamma_floor,
-            log_gamma_init=cfg.log_gamma_init, sigma_init=cfg.sigma_init, input_scale=scale,
-            source={"store": str(store.path.resolve()), **store.source},
-            training={**asdict(cfg), "holdout_seed": cfg.seed, "normalization": {
-                "target_mean_norm": math.sqrt(store.d_in) if cfg.normalize else None,
-                "store_mean_norm": sample.norm(dim=-1).mean().item(), "rows_sampled": len(sample)}})
+        store_norm = sample.norm(dim=-1).mean().item()
+        if cfg.normalize and not store_norm > 0:
+            raise SaeaseError(f"{store.path}: the sampled vectors are all zero; nothing to normalize "
+                              "(pass --no-normalize to train on them anyway)")
+        scale = math.sqrt(store.d_in) / store_norm if cfg.normalize else 1.0
+        dict_cfg = replace(cfg.dictionary, d_in=store.d_in, input_scale=scale,
+                           source={"store": str(store.path.resolve()), **store.source},
+                           training={**run_record(cfg), "holdout_seed": cfg.seed, "normalization": {
+                               "target_mean_norm": math.sqrt(store.d_in) if cfg.normalize else None,
+                               "store_mean_norm": store_norm, "rows_sampled": len(sample)}})
     else:
-        dict_cfg = DictionaryConfig(**state["dictionary_config"])
-        dict_cfg.training = {**dict_cfg.training, **{k: v for k, v in asdict(cfg).items() if k not in checkpoint.FIXED}}
-    model = Dictionary(dict_cfg).to(device)
+        dict_cfg = config_from_dict(state["dictionary_config"], f"{cfg.resume} (checkpoint)")
+        dict_cfg.training = {**dict_cfg.training, **run_record(cfg)}
+    model = Dictionary.build(dict_cfg).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    flat_grad = gradient_views(params)  # one buffer, so processes all-reduce it in one call
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cfg.t0, T_mult=cfg.t_mult)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * procs.rank)
@@ -116,9 +127,9 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         if len(state["noise"]) == procs.world_size:
             noise.set_state(state["noise"][procs.rank])
         step, epoch, batch_index = state["step"], state["epoch"], state["batch"]
-    run_step = make_step(cfg, model, noise, procs, device)
+    loss_of = make_loss(cfg, model, procs, device)
 
-    # ---- the loop --------------------------------------------------------------------------
+# ---- the loop --------------------------------------------------------------------------
     monitor = Monitor(cfg, model, total_steps=total_steps, step=step, main=procs.main,
                       wandb_id=state.get("wandb_id") if state else None)
     started, last_saved = time.perf_counter(), step if state else None
@@ -133,27 +144,38 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
                             total_steps=total_steps, store=store, wandb_id=monitor.wandb_id)
         last_saved = step
 
+    stop = StopRequest()  # SIGINT / SIGTERM: finish the step, write a checkpoint, say how to resume
     stream = batches.batches(cfg.epochs, epoch, batch_index) if step < total_steps else iter(())
     try:
         for b in stream:
             x = b.x.to(device, non_blocking=True)
-            terms, fired = run_step(x, full=monitor.due(step + 1))
-            # the finiteness check travels with the gradients: every process sees the same verdict
-            flat_grad[-1] = terms["mse"].detach()
-            if procs.many:
-                flat_grad.mul_(b.share)
-                procs.sum_(flat_grad)
-            if not math.isfinite(flat_grad[-1].item()):
+            optimizer.zero_grad(set_to_none=False)
+            terms = loss_of(x, noise)
+            fired = terms.pop("fired", None)
+            # each process's loss is the mean over its slice; DDP averages gradients over the
+            # processes, so weighting by share × processes gives the global batch's mean
+            (terms["loss"] * (b.share * procs.world_size)).backward()
+            # one small all-reduce carries the finiteness check and any stop request
+            verdict = procs.sum_(torch.stack([terms["mse"].detach().float() * b.share,
+                                              torch.tensor(float(stop.requested), device=device)]))
+            if not math.isfinite(verdict[0].item()):
                 where = (f"the last good checkpoint (step {last_saved}) is kept in {out}; continue with "
                          f"--resume {out}" if last_saved is not None else "no checkpoint had been written")
-                raise SaeaseError(f"the loss became {flat_grad[-1].item()} at step {step + 1} (epoch {b.epoch}); "
+                raise SaeaseError(f"the loss became {verdict[0].item()} at step {step + 1} (epoch {b.epoch}); "
                                   f"{where}; lower --lr or raise --gamma-floor")
+            model.after_backward()
             optimizer.step()
+            model.after_step()
             scheduler.step()
             step += 1
             epoch, batch_index = b.epoch, b.index + 1
             timer.tick(round(len(b.x) / b.share))
-            monitor.update(step, terms, fired, x, scheduler.get_last_lr()[0])
+            monitor.update(step, {k: v.detach().float() for k, v in terms.items() if v is not None},
+                           fired, x, scheduler.get_last_lr()[0])
+            if verdict[1].item() > 0 and step < total_steps:
+                save_checkpoint(epoch, batch_index)
+                raise Interrupted(f"{stop.name} at step {step} of {total_steps}; a checkpoint is written in "
+                                  f"{out}; continue with: saease train --resume {out}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
                 save_checkpoint(epoch, batch_index)
             if step >= total_steps:
@@ -166,6 +188,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
             out.rmdir()  # nothing was written: leave no empty folder behind
         raise
     finally:
+        stop.restore()
         if hasattr(stream, "close"):
             stream.close()
 
@@ -176,12 +199,11 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         model.eval()
         metrics = evaluate(model, heldout_batches(store, cfg.holdout, cfg.seed), progress=cfg.progress)
         metrics.update(steps=step, train_seconds=round(train_seconds, 2), vectors_per_s=timer.rate(),
-                       final_loss=monitor.last.get("loss"), step_kind="fused" if isinstance(run_step, FusedStep)
-                       else "autograd", processes=procs.world_size)
+                       final_loss=monitor.last.get("loss"), processes=procs.world_size)
         model.cfg.metrics = metrics
         model.save(out)
         monitor.close(metrics)
-        summary = {"out": str(out), "kind": cfg.kind, **metrics}
+        summary = {"out": str(out), "store": str(store.path), "kind": cfg.kind, **metrics}
     else:
         monitor.close()
     return model, summary
@@ -194,7 +216,7 @@ def check_device_options(cfg: TrainConfig, device: torch.device) -> None:
         raise SaeaseError("--precision bf16: needs CUDA; on CPU bf16 matmuls are ~250x slower than fp32, "
                           "so train in fp32 there")
     if cfg.compile and device.type != "cuda":
-        raise SaeaseError("--compile: needs CUDA; on CPU the fused fp32 step is the fast path")
+        raise SaeaseError("--compile: needs CUDA; on CPU train without it")
 
 
 def open_store(data: str | None) -> ActivationStore:
@@ -205,16 +227,25 @@ def open_store(data: str | None) -> ActivationStore:
 
 
 def default_out(store: ActivationStore, cfg: TrainConfig) -> Path:
-    return Path("dictionaries") / f"{store.path.name}-{cfg.kind}-{cfg.d_latent}"
+    """dictionaries/<model>-<hook>-<kind>-<κ> for a harvested store (its model and hook, never a
+    folder's name alone); dictionaries/<store folder>-<kind>-<κ> for a store with no model."""
+    source = store.source
+    parts = [str(source["model"]), str(source.get("hook") or store.path.name)] if source.get("model") \
+        else [store.path.name]
+    name = "-".join([*parts, cfg.kind, str(cfg.dictionary.d_latent)])
+    return Path("dictionaries") / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
 def prepare_out(out: Path, *, resuming: bool, overwrite: bool) -> bool:
-    """Make sure `out` can take the run's files; True if we created the folder."""
+    """Make sure `out` can take the run's files; True if we created the folder. A finished
+    dictionary or an unfinished run there is kept unless --overwrite (or --resume)."""
     if (out / checkpoint.INFO).exists() and not resuming and not overwrite:
         done = checkpoint.info(out)
         if not done.get("finished"):
             raise SaeaseError(f"{out}: holds an unfinished run (step {done.get('step')} of {done.get('total_steps')}); "
                               f"pass --resume {out} to continue it, or --overwrite to start again")
+    if (out / "config.json").exists() and not resuming and not overwrite:
+        raise SaeaseError(f"{out}: holds a finished dictionary; pass another --out, or --overwrite to replace it")
     existed = out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +255,39 @@ def prepare_out(out: Path, *, resuming: bool, overwrite: bool) -> bool:
     except OSError as err:
         raise SaeaseError(f"{out}: output folder is not writable ({err.strerror}); pass a writable --out") from None
     return not existed
+
+
+def run_record(cfg: TrainConfig) -> dict:
+    """The run's settings as saved in the dictionary's config.json (flat names)."""
+    return {k: v for k, v in cfg.flat_values().items()}
+
+
+class StopRequest:
+    """Turns SIGINT and SIGTERM into a request the loop honours after the current step (the
+    previous handlers come back with `restore`). A second signal stops at once."""
+
+    def __init__(self):
+        self.requested, self.name, self.previous = False, None, {}
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:  # asked twice: stop now
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested, self.name = True, signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 class Throughput:
@@ -243,21 +307,32 @@ class Throughput:
         return self.vectors / (self.now - self.start) if self.vectors else None
 
 
-def gradient_views(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Point every parameter's .grad into one flat buffer (plus one slot for the loss check)."""
-    flat = torch.zeros(sum(p.numel() for p in params) + 1, device=params[0].device, dtype=params[0].dtype)
-    offset = 0
-    for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p)
-        offset += p.numel()
-    return flat
+def make_loss(cfg: TrainConfig, model: Dictionary, procs: Processes, device: torch.device):
+    """loss_of(x, generator) -> the kind's loss terms: autograd on every device, under bf16
+    autocast and torch.compile when asked (CUDA), through DistributedDataParallel under torchrun."""
+    module: torch.nn.Module = LossOf(model)
+    if procs.many:
+        model.all_reduce = procs.sum_  # γ*, dead latents and thresholds over the global batch
+        module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        module = torch.compile(module)
+
+    def loss_of(x, generator):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            return module(x, generator)
+
+    return loss_of
 
 
-def make_step(cfg: TrainConfig, model: Dictionary, noise: torch.Generator, procs: Processes, device):
-    if cfg.fused and fusable(model) and cfg.precision == "fp32" and not cfg.compile:
-        return FusedStep(model, noise, sum_across=procs.sum_ if procs.many else None)
-    share_optimal_gamma(model, procs)
-    return AutogradStep(model, noise, bf16=cfg.precision == "bf16", compile=cfg.compile)
+class LossOf(torch.nn.Module):
+    """The dictionary's training loss as a module's forward (what DDP and torch.compile wrap)."""
+
+    def __init__(self, dictionary: Dictionary):
+        super().__init__()
+        self.dictionary = dictionary
+
+    def forward(self, x, generator=None):
+        return self.dictionary.loss(x, generator)
 
 
 def heldout_batches(store: ActivationStore, fraction: float, seed: int, batch_size: int = 8192):

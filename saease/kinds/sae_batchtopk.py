@@ -1,0 +1,80 @@
+"""SAE-BatchTopK (Bussmann et al. 2024): at train time keep the k·B largest of ReLU(x W_enc + b_enc)
+over the whole batch of B rows (so rows share a budget of k on average, not k each); at
+inference a single learned threshold θ replaces the batch: ẑ = ReLU(pre) where pre > θ.
+
+θ is estimated during training, as dictionary_learning does: each step's smallest kept
+activation, averaged with an exponential moving average (decay `threshold_decay`). Decoder rows
+are unit norm; dead latents get the auxiliary-k loss (see sae_topk). In SAELens's format it is a
+JumpReLU SAE with every threshold θ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from saease.dictionary import knob, register
+from saease.errors import SaeaseError
+from saease.kinds.sae_topk import TopKConfig, TopKSAE
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    threshold_decay: float = knob(0.999, "EMA decay of the inference threshold's estimate")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.threshold_decay < 1:
+            raise SaeaseError(f"--threshold-decay {self.threshold_decay}: expected a value in [0, 1)")
+
+
+def batch_topk(acts: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k·B largest entries of the [B, κ] batch `acts` (ties broken by topk), zero the rest."""
+    flat = acts.flatten()
+    values, index = flat.topk(min(k * acts.shape[0], flat.numel()))
+    return torch.zeros_like(flat).scatter(0, index, values).view_as(acts)
+
+
+@register("sae-batchtopk")
+class BatchTopKSAE(TopKSAE):
+    Config = BatchTopKConfig
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
+
+    def code_from(self, enc):
+        acts = F.relu(enc.pre)
+        if self.threshold < 0:  # untrained: fall back to per-row top-k
+            return super().code_from(enc)
+        return acts * (acts > self.threshold)
+
+    def train_code(self, enc):
+        z = batch_topk(F.relu(enc.pre), self.cfg.k)
+        if self.training:
+            self.update_threshold(z)
+        return z
+
+    @torch.no_grad()
+    def update_threshold(self, z: torch.Tensor) -> None:
+        kept = z[z > 0]
+        if kept.numel() == 0:
+            return
+        smallest = kept.min()
+        if self.all_reduce is not None:  # the mean over processes of each one's smallest
+            both = self.all_reduce(torch.stack([smallest, torch.ones_like(smallest)]))
+            smallest = both[0] / both[1]
+        if self.threshold < 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.lerp_(smallest, 1 - self.cfg.threshold_decay)
+
+    def saelens_export(self):
+        from saease.kinds.sae_l1 import plain_relu_tensors
+
+        tensors = plain_relu_tensors(self)
+        theta = float(self.threshold.clamp_min(0)) / float(self.cfg.input_scale)  # store units
+        tensors["threshold"] = torch.full((self.cfg.d_latent,), theta)
+        return {"architecture": "jumprelu"}, tensors

@@ -1,0 +1,107 @@
+"""SAE-JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead"): per-latent learned thresholds θ,
+
+    ẑ = pre · H(pre − θ),   pre = x W_enc + b_enc,   θ = exp(log_threshold)
+    loss = ‖x − x̂‖² + λ Σ_j H(pre_j − θ_j)            (an L0 penalty)
+
+H's derivative is zero almost everywhere, so θ learns through straight-through estimators:
+d/dθ H(pre − θ) ≈ −K((pre − θ)/ε)/ε and d/dθ [pre·H(pre − θ)] ≈ −θ·K((pre − θ)/ε)/ε, with K the
+rectangle kernel 1{|u| < ½} and ε the bandwidth. These are the exact derivatives of the
+kernel-smoothed step, which `tests/test_kinds.py` checks by finite differences. Decoder rows are
+unit norm, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saease.dictionary import Dictionary, DictionaryConfig, knob, register, sq_err
+from saease.errors import SaeaseError
+
+
+@dataclass
+class JumpReLUConfig(DictionaryConfig):
+    l0_coef: float = knob(1.0, "weight λ of the L0 penalty")
+    bandwidth: float = knob(0.05, "kernel bandwidth ε of the threshold's straight-through gradient")
+    threshold_init: float = knob(0.01, "initial threshold θ (normalized units)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.l0_coef < 0 or self.bandwidth <= 0 or self.threshold_init <= 0:
+            raise SaeaseError(f"--l0-coef {self.l0_coef} / --bandwidth {self.bandwidth} / --threshold-init "
+                              f"{self.threshold_init}: expected l0-coef ≥ 0, bandwidth > 0, threshold-init > 0")
+
+
+def rectangle(u: Tensor) -> Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """pre · H(pre − θ), with the straight-through gradient −θ K((pre − θ)/ε)/ε for θ."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad * (pre > threshold)
+        grad_threshold = (-(threshold / eps) * rectangle((pre - threshold) / eps) * grad).sum(0)
+        return grad_pre, grad_threshold, None
+
+
+class StepFunction(torch.autograd.Function):
+    """H(pre − θ), with the straight-through gradient −K((pre − θ)/ε)/ε for θ (none for pre)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold = (-(1.0 / eps) * rectangle((pre - threshold) / eps) * grad).sum(0)
+        return None, grad_threshold, None
+
+
+@register("sae-jumprelu")
+class JumpReLUSAE(Dictionary):
+    Config = JumpReLUConfig
+    unit_norm_decoder = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_latent,), math.log(cfg.threshold_init)))
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def code_from(self, enc):
+        return enc.pre * (enc.pre > self.threshold)
+
+    def loss(self, x, generator=None):
+        x = self.scale_in(x)
+        pre = self.encoder_output(x).pre
+        theta, eps = self.threshold, self.cfg.bandwidth
+        z = JumpReLUFunction.apply(pre, theta, eps)
+        mse = sq_err(self.decode_scaled(z), x).mean()
+        l0 = StepFunction.apply(pre, theta, eps).sum(-1).mean()
+        return {"loss": mse + self.cfg.l0_coef * l0, "mse": mse, "l0": l0.detach(), "fired": (z != 0).any(0)}
+
+    def saelens_export(self):
+        from saease.kinds.sae_l1 import plain_relu_tensors
+
+        tensors = plain_relu_tensors(self)
+        tensors["threshold"] = self.threshold / float(self.cfg.input_scale)  # store units
+        return {"architecture": "jumprelu"}, tensors

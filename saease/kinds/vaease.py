@@ -1,0 +1,23 @@
+"""VAEase (the paper's model, SPEC §1): the decoder sees the gated sample (1 − σ) ⊙ (μ + σ ⊙ ε) in
+training and (1 − σ) ⊙ μ at inference, so a latent the encoder gives σ → 1 is switched off
+for that input: its dimension adapts to each sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saease.dictionary import register
+from saease.kinds.variational import VariationalConfig, VariationalDictionary
+
+
+@dataclass
+class VAEaseConfig(VariationalConfig):
+    pass
+
+
+@register("vaease")
+class VAEase(VariationalDictionary):
+    Config = VAEaseConfig
+
+    def gate(self, enc):
+        return 1 - enc.var.sqrt()

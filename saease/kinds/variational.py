@@ -1,0 +1,133 @@
+"""What the variational kinds (VAE, VAEase) share: a spread head σ² beside the mean head, the
+Gaussian decoder variance γ, the KL to the N(0, I) prior (SPEC §1).
+
+    σ² = sigmoid(h W_sig + b_sig)   (clamped at MIN_VAR),   z = μ + σ ⊙ ε,   ε ~ N(0, I)
+    loss = ‖x − x̂‖²/(2γ) + d/2 log(2πγ) + KL(N(μ, σ²) ‖ N(0, I))
+
+γ is the batch's optimal γ* = mean ‖x − x̂‖²/d (detached, floored) by default, or learned.
+Each kind says how the decoder sees the sample (`gate`): the VAE decodes z, VAEase (1 − σ) ⊙ z.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saease.dictionary import Dictionary, DictionaryConfig, EncoderOutput, knob, sq_err
+from saease.errors import SaeaseError
+
+MIN_VAR = 1e-7  # σ² is clamped at this, as in the authors' code
+
+
+@dataclass
+class VariationalConfig(DictionaryConfig):
+    encoder: Literal["text", "authors", "residual"] = knob(
+        "text", "text: ReLU mean head; authors: Linear(d,2κ)+Swish split; residual: residual MLP trunk")
+    gamma: Literal["optimal", "learned"] = knob("optimal", "decoder variance: optimal (batch γ*) or learned")
+    gamma_floor: float = knob(1e-6, "lower bound on γ, in normalized units")
+    log_gamma_init: float = knob(0.0, "initial log γ (learned mode)")
+    sigma_init: float = knob(0.5, "the σ² every latent starts at (b_sig = logit(sigma_init))")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.sigma_init < 1:
+            raise SaeaseError(f"--sigma-init {self.sigma_init}: expected the initial σ², in (0, 1)")
+        if self.gamma_floor <= 0:
+            raise SaeaseError(f"--gamma-floor {self.gamma_floor}: expected a value > 0")
+
+    @property
+    def deep_encoder(self) -> bool:
+        return super().deep_encoder or self.encoder == "authors"
+
+
+def kl_divergence(mu: Tensor, var: Tensor) -> Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) per sample: ½ Σ_j (μ² + σ² − log σ² − 1)."""
+    return 0.5 * (mu.pow(2) + var - var.log() - 1).sum(-1)
+
+
+def gaussian_nll(sq: Tensor, gamma: Tensor, d: int) -> Tensor:
+    """−log N(x | x̂, γI) per sample, from the summed squared error ‖x − x̂‖²."""
+    return sq / (2 * gamma) + 0.5 * d * torch.log(2 * math.pi * gamma)
+
+
+class VariationalDictionary(Dictionary):
+    Config = VariationalConfig
+    ad_from_variance = True
+    supports_mlp_decoder = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        kappa = cfg.d_latent
+        if cfg.encoder == "authors":
+            # Linear(d, 2κ) + Swish, split into a mean half and a pre-spread half; Linear(κ, κ) spread.
+            self.W_enc = nn.Parameter(torch.empty(self.d_head_in, 2 * kappa))
+            self.b_enc = nn.Parameter(torch.zeros(2 * kappa))
+            nn.init.kaiming_uniform_(self.W_enc.T, a=math.sqrt(5))
+            self.W_sig = nn.Parameter(torch.empty(kappa, kappa))
+        else:
+            self.W_sig = nn.Parameter(torch.empty(self.d_head_in, kappa))
+        nn.init.normal_(self.W_sig, std=0.01 / math.sqrt(self.W_sig.shape[0]))
+        self.b_sig = nn.Parameter(torch.full((kappa,), math.log(cfg.sigma_init / (1 - cfg.sigma_init))))
+        self.log_gamma = nn.Parameter(torch.tensor(float(cfg.log_gamma_init)), requires_grad=cfg.gamma == "learned")
+
+    # ---- encoding -------------------------------------------------------------------------
+
+    def encoder_output(self, x_scaled):
+        """`pre`: the mean head's pre-activation; `var`: σ²."""
+        h = self.trunk(x_scaled)
+        kappa = self.cfg.d_latent
+        if self.cfg.encoder == "authors":
+            h = F.silu(h @ self.W_enc + self.b_enc)
+            pre, s = h[..., :kappa], h[..., kappa:] @ self.W_sig + self.b_sig
+        else:
+            pre, s = h @ self.W_enc + self.b_enc, h @ self.W_sig + self.b_sig
+        return EncoderOutput(pre=pre, var=torch.sigmoid(s).clamp_min(MIN_VAR))
+
+    def mean(self, enc: EncoderOutput) -> Tensor:
+        """μ: ReLU of the mean head for one-layer encoders; deep encoders' μ is unconstrained."""
+        return enc.pre if self.cfg.deep_encoder else F.relu(enc.pre)
+
+    def gate(self, enc: EncoderOutput) -> Tensor | None:
+        """What multiplies the latent before decoding (None: nothing)."""
+        return None
+
+    def code_from(self, enc):
+        mu, gate = self.mean(enc), self.gate(enc)
+        return mu if gate is None else gate * mu
+
+    def activity(self, enc):
+        return enc.var.log()  # small = active
+
+    def usage(self, enc, codes):
+        return 1 - enc.var.sqrt()  # σ → 1 marks a latent switched off for that input
+
+    # ---- training -------------------------------------------------------------------------
+
+    def gamma(self, sq: Tensor | None = None) -> Tensor:
+        """γ: the global batch's optimal γ* = mean ‖x − x̂‖²/d (detached) in "optimal" mode,
+        exp(log γ) in "learned" mode; never below `gamma_floor`."""
+        if self.cfg.gamma == "optimal" and sq is not None:
+            total = self.sum_(torch.stack([sq.detach().sum(), torch.tensor(float(len(sq)), device=sq.device)]))
+            return (total[0] / total[1] / self.cfg.d_in).clamp_min(self.cfg.gamma_floor)
+        return self.log_gamma.exp() + self.cfg.gamma_floor
+
+    def loss(self, x, generator=None):
+        x = self.scale_in(x)
+        enc = self.encoder_output(x)
+        mu, std = self.mean(enc), enc.var.sqrt()
+        noise = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = mu + std * noise
+        gate = self.gate(enc)
+        if gate is not None:
+            z = gate * z
+        sq = sq_err(self.decode_scaled(z), x)
+        gamma = self.gamma(sq)
+        nll = gaussian_nll(sq, gamma, self.cfg.d_in).mean()
+        kl = kl_divergence(mu, enc.var).mean()
+        return {"loss": nll + kl, "mse": sq.mean(), "nll": nll, "kl": kl, "gamma": gamma.detach(),
+                "fired": (mu > 0).any(0) if not self.cfg.deep_encoder else None}

@@ -1,0 +1,188 @@
+"""The SAE family's newer kinds (BatchTopK, JumpReLU, Gated, Matryoshka) and the TopK family's
+dead-latent and decoder-norm handling: losses against hand computation, the properties each
+kind is defined by, and the JumpReLU threshold's straight-through gradient checked numerically."""
+
+import pytest
+import torch
+
+from saease import Dictionary
+from saease.kinds.sae_jumprelu import JumpReLUFunction, StepFunction
+
+
+def make(kind, **kw):
+    torch.manual_seed(0)
+    d = Dictionary.create(kind, d_in=6, d_latent=8, **kw)
+    with torch.no_grad():
+        d.b_enc.normal_(0, 0.3)
+        d.b_dec.normal_(0, 0.3)
+    return d
+
+
+def hand_mse(d, z, x):
+    return ((z @ d.W_dec + d.b_dec - x) ** 2).sum(-1).mean()
+
+
+def test_batchtopk_keeps_k_per_row_on_average_over_the_batch():
+    d = make("sae-batchtopk", k=3)
+    x = torch.randn(16, 6) * torch.linspace(0.1, 3, 16)[:, None]  # rows of very different size
+    terms = d.loss(x)
+    acts = torch.relu(x @ d.W_enc + d.b_enc)
+    kept = acts.flatten().topk(3 * 16).values
+    z = torch.where(acts >= kept.min(), acts, torch.zeros_like(acts))
+    assert int((z > 0).sum()) == 3 * 16 and terms["l0"].item() == 3
+    per_row = (z > 0).sum(-1)
+    assert per_row.min() < 3 < per_row.max()  # the budget moves between rows: not a per-row top-k
+    assert terms["mse"].item() == pytest.approx(hand_mse(d, z, x).item(), rel=1e-5)
+    assert d.threshold.item() == pytest.approx(kept.min().item())  # first estimate: the smallest kept
+
+
+def test_batchtopk_threshold_is_a_moving_average_used_at_inference():
+    d = make("sae-batchtopk", k=3, threshold_decay=0.5)
+    x1, x2 = torch.randn(16, 6), torch.randn(16, 6)
+    d.loss(x1)
+    first = d.threshold.item()
+    d.loss(x2)
+    acts2 = torch.relu(x2 @ d.W_enc + d.b_enc)
+    second_min = acts2.flatten().topk(48).values.min().item()
+    assert d.threshold.item() == pytest.approx(0.5 * first + 0.5 * second_min, rel=1e-5)
+    d.eval()
+    before = d.threshold.clone()
+    d.loss(x1)  # eval mode: no update
+    assert torch.equal(d.threshold, before)
+    acts1 = torch.relu(x1 @ d.W_enc + d.b_enc)
+    torch.testing.assert_close(d.encode(x1), acts1 * (acts1 > before))
+
+
+def test_matryoshka_averages_the_prefix_reconstructions():
+    d = make("sae-matryoshka", k=2, prefixes=[2, 5, 8])
+    x = torch.randn(10, 6)
+    terms = d.loss(x)
+    acts = torch.relu(x @ d.W_enc + d.b_enc)
+    kept = acts.flatten().topk(20).values.min()
+    z = torch.where(acts >= kept, acts, torch.zeros_like(acts))
+    prefix = [((z[:, :m] @ d.W_dec[:m] + d.b_dec - x) ** 2).sum(-1).mean() for m in (2, 5, 8)]
+    assert terms["loss"].item() == pytest.approx(sum(prefix).item() / 3, rel=1e-5)
+    assert terms["mse"].item() == pytest.approx(prefix[-1].item(), rel=1e-5)  # the whole dictionary's
+    assert prefix[0] > prefix[-1]
+
+
+def test_matryoshka_default_prefixes_nest_up_to_the_width():
+    assert make("sae-matryoshka", k=2).cfg.prefixes == [1, 2, 4, 8]
+
+
+def test_jumprelu_loss_by_hand_and_thresholds_in_the_code():
+    d = make("sae-jumprelu", l0_coef=0.7, threshold_init=0.2)
+    x = torch.randn(12, 6)
+    terms = d.loss(x)
+    pre = x @ d.W_enc + d.b_enc
+    z = pre * (pre > 0.2)
+    l0 = (pre > 0.2).float().sum(-1).mean()
+    assert terms["l0"].item() == pytest.approx(l0.item())
+    assert terms["loss"].item() == pytest.approx((hand_mse(d, z, x) + 0.7 * l0).item(), rel=1e-5)
+    torch.testing.assert_close(d.encode(x), z)
+
+
+def test_jumprelu_threshold_gradient_is_the_smoothed_steps_derivative():
+    """H's straight-through gradient equals finite differences of the kernel-smoothed step
+    Σ up·S((pre − θ)/ε), S(u) = clip(u + ½, 0, 1) (the rectangle kernel's integral); the JumpReLU's
+    is θ times it (the estimator of the paper, eq. 11), and its gradient for `pre` is the mask."""
+    torch.manual_seed(1)
+    eps = 0.3
+    pre = torch.randn(400, 3, dtype=torch.float64)
+    up = torch.randn(400, 3, dtype=torch.float64)  # an arbitrary upstream gradient
+    theta = torch.tensor([0.1, 0.4, -0.2], dtype=torch.float64, requires_grad=True)
+
+    def smoothed(t):
+        return (((pre - t) / eps + 0.5).clamp(0, 1) * up).sum()
+
+    h = 1e-6
+    numeric = torch.stack([(smoothed(theta.detach() + h * e) - smoothed(theta.detach() - h * e)) / (2 * h)
+                           for e in torch.eye(3, dtype=torch.float64)])
+    (step_grad,) = torch.autograd.grad((StepFunction.apply(pre, theta, eps) * up).sum(), theta)
+    torch.testing.assert_close(step_grad, numeric, rtol=1e-6, atol=1e-6)
+    assert (step_grad != 0).all()
+    (jump_grad,) = torch.autograd.grad((JumpReLUFunction.apply(pre, theta, eps) * up).sum(), theta)
+    torch.testing.assert_close(jump_grad, theta.detach() * numeric, rtol=1e-6, atol=1e-6)
+    p = pre.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(JumpReLUFunction.apply(p, theta.detach(), eps).sum(), p)
+    torch.testing.assert_close(g, (pre > theta.detach()).double())
+
+
+def test_gated_loss_by_hand_and_its_auxiliary_term_trains_the_gate():
+    d = make("sae-gated", lambda1=0.3)
+    with torch.no_grad():
+        d.r_mag.normal_(0, 0.5)
+        d.b_mag.normal_(0, 0.3)
+    x = torch.randn(12, 6)
+    terms = d.loss(x)
+    proj = x @ d.W_enc
+    gate, mag = proj + d.b_enc, proj * d.r_mag.exp() + d.b_mag
+    z = (gate > 0) * torch.relu(mag)
+    sparsity = (torch.relu(gate) * d.W_dec.norm(dim=1)).sum(-1).mean()
+    aux = ((torch.relu(gate) @ d.W_dec + d.b_dec - x) ** 2).sum(-1).mean()
+    expected = hand_mse(d, z, x) + 0.3 * sparsity + aux
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(d.encode(x), z)
+    terms["loss"].backward()
+    assert d.b_enc.grad.abs().sum() > 0  # the gate's bias learns (through the penalty and aux term)
+
+
+def test_topk_aux_loss_revives_dead_latents_only():
+    d = make("sae-topk", k=2, dead_after=10, aux_k=3, aux_coef=0.5)
+    x = torch.randn(20, 6)
+    assert "aux" not in d.loss(x)  # nobody is dead yet: 20 rows have passed, but all are fresh
+    with torch.no_grad():
+        d.rows_since_fired.fill_(0)
+        d.rows_since_fired[:4] = 100  # latents 0-3 have been silent for 100 rows
+    acts = torch.relu(x @ d.W_enc + d.b_enc)
+    z = torch.zeros_like(acts).scatter(-1, acts.topk(2, -1).indices, acts.topk(2, -1).values)
+    d.zero_grad()
+    terms = d.loss(x)
+    residual = (x - (z @ d.W_dec + d.b_dec)).detach()
+    dead = acts.clone()
+    dead[:, 4:] = 0
+    z_aux = torch.zeros_like(dead).scatter(-1, dead.topk(3, -1).indices, dead.topk(3, -1).values)
+    aux = 0.5 * min(1, 4 / 3) * ((z_aux @ d.W_dec - residual) ** 2).sum(-1).mean()
+    assert terms["aux"].item() == pytest.approx(aux.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((hand_mse(d, z, x) + aux).item(), rel=1e-5)
+    fired = (z > 0).any(0)
+    assert torch.equal(d.rows_since_fired == 0, fired)  # the count restarts for the ones that fired
+
+
+def test_unit_norm_decoder_moves_rows_on_the_sphere():
+    d = make("sae-topk", k=2)
+    d.W_dec.grad = torch.randn_like(d.W_dec)
+    d.after_backward()
+    radial = (d.W_dec.grad * d.W_dec).sum(1)
+    torch.testing.assert_close(radial, torch.zeros(8), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        d.W_dec.mul_(3)
+    d.after_step()
+    torch.testing.assert_close(d.W_dec.norm(dim=1), torch.ones(8))
+    l1 = make("sae-l1")  # the paper's SAEs penalise ‖W_dec‖² instead: their rows are left alone
+    with torch.no_grad():
+        l1.W_dec.mul_(3)
+    l1.after_step()
+    torch.testing.assert_close(l1.W_dec.norm(dim=1), torch.full((8,), 3.0))
+
+
+@pytest.mark.parametrize("kind", ["sae-batchtopk", "sae-jumprelu", "sae-gated", "sae-matryoshka"])
+def test_new_kinds_train_from_the_cli_and_lower_their_loss(tmp_path, kind, capsys):
+    import json
+
+    from saease.cli import main
+    from saease.store import write_store
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 4, generator=g) @ torch.randn(4, 12, generator=g)
+    store = write_store(tmp_path / "s", x)
+    knobs = ["--k", "4"] if kind in ("sae-batchtopk", "sae-matryoshka") else []
+    code = main(["train", "--data", str(store.path), "--out", str(tmp_path / "d"), "--kind", kind, "--d-latent",
+                 "16", "--epochs", "3", "--batch-size", "128", "--lr", "0.01", "--no-progress", "--threads", "1",
+                 "--json", *knobs])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["kind"] == kind and summary["explained_variance"] > 0.5
+    assert 0 < summary["l0"] < 16
+    loaded = Dictionary.load(tmp_path / "d")
+    assert type(loaded).kind == kind
