@@ -26,7 +26,7 @@ import torch
 from saease.recipes.reproduce import PAPER_TABLE2, ad_table, per_manifold_results, kinds_arg, train_kinds
 from saease.store import write_store
 from saease.synth import subspaces
-from saease.synth_cli import _int_list
+from saease.synth_cli import int_list
 from saease.train.config import TrainConfig
 
 
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500_000, help="points (paper: 500000)")
     p.add_argument("--epochs", type=int, default=150, help="epochs (paper: 150)")
-    p.add_argument("--dims", type=_int_list, default=[4, 4, 4], help="subspace dimensions (paper: 4,4,4)")
+    p.add_argument("--dims", type=int_list, default=[4, 4, 4], help="subspace dimensions (paper: 4,4,4)")
     p.add_argument("--ambient", type=int, default=40, help="ambient dimension d (paper: 40)")
     p.add_argument("--d-latent", type=int, default=20, help="κ (paper: 20)")
     p.add_argument("--kinds", type=kinds_arg, default=kinds_arg("all"), help="'all' or e.g. vaease,vae")

@@ -26,7 +26,7 @@ import torch
 from saease.recipes.reproduce import PAPER_TABLE2, ad_table, per_manifold_results, kinds_arg, train_kinds
 from saease.store import write_store
 from saease.synth import manifolds
-from saease.synth_cli import _int_list
+from saease.synth_cli import int_list
 from saease.train.config import TrainConfig
 
 
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-per", type=int, default=200_000, help="points per manifold (paper: 200000)")
     p.add_argument("--epochs", type=int, default=310, help="epochs (paper: 310)")
-    p.add_argument("--dims", type=_int_list, default=[5, 5, 10, 10], help="manifold dimensions (paper: 5,5,10,10)")
+    p.add_argument("--dims", type=int_list, default=[5, 5, 10, 10], help="manifold dimensions (paper: 5,5,10,10)")
     p.add_argument("--ambient", type=int, default=100, help="ambient dimension d (paper: 100)")
     p.add_argument("--d-latent", type=int, default=60, help="κ (paper: 60)")
     p.add_argument("--encoder-hidden", type=int, default=None,

@@ -18,7 +18,7 @@ import torch
 
 from saease.recipes.reproduce import LABELS, ad_table, heldout_rows, per_sample_ad, plot_masking_curves
 from saease.errors import SaeaseError
-from saease.synth_cli import _int_list
+from saease.synth_cli import int_list
 
 KINDS = ("vaease", "vae")
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=60_000, help="points")
     parser.add_argument("--epochs", type=int, default=30,
                         help="training epochs per model (cosine restarts every 10, 20, 40 epochs: 10, 30, 70 end a cycle)")
-    parser.add_argument("--dims", type=_int_list, default=[2, 4, 6], help="subspace dimensions")
+    parser.add_argument("--dims", type=int_list, default=[2, 4, 6], help="subspace dimensions")
     parser.add_argument("--ambient", type=int, default=40, help="ambient dimension")
     parser.add_argument("--d-latent", type=int, default=20, help="latent width κ")
     parser.add_argument("--seed", type=int, default=0)

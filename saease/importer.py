@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 from saease.errors import SaeaseError
@@ -31,12 +35,10 @@ def load_array(path, what: str = "array") -> torch.Tensor:
                 obj = obj.get("acts", next(iter(obj.values())))
             return torch.as_tensor(obj)
         if path.suffix == ".safetensors":
-            import safetensors.torch
             tensors = safetensors.torch.load_file(str(path))
             return tensors.get("acts", next(iter(tensors.values())))
-    except SaeaseError:
-        raise
-    except Exception as err:
+    except (OSError, ValueError, TypeError, RuntimeError, EOFError, StopIteration, pickle.UnpicklingError,
+            zipfile.BadZipFile, safetensors.SafetensorError) as err:  # an unreadable or non-numeric file
         raise SaeaseError(f"{path}: cannot read a numeric {what} ({type(err).__name__}: {err}); "
                           "expected one rectangular array") from None
     raise SaeaseError(f"{path}: unsupported file type {path.suffix!r}; expected {', '.join(SUFFIXES)}")

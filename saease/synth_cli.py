@@ -9,7 +9,7 @@ from saease.errors import SaeaseError
 from saease.store import write_store
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     try:
         dims = [int(t) for t in text.split(",")]
     except ValueError:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=None,
                         help="points (subspaces: 500000; superposition: 200000)")
     parser.add_argument("--n-per", type=int, default=200_000, help="points per manifold (manifolds)")
-    parser.add_argument("--dims", type=_int_list, default=None,
+    parser.add_argument("--dims", type=int_list, default=None,
                         help="manifold dimensions (subspaces: 4,4,4; manifolds: 5,5,10,10)")
     parser.add_argument("--ambient", type=int, default=None,
                         help="ambient dimension (subspaces: 40; manifolds: 100; superposition: 512)")

@@ -11,6 +11,8 @@ kill at any moment leaves the last complete checkpoint in place.
 from __future__ import annotations
 
 import io
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -68,7 +70,8 @@ def load(path) -> dict:
     file = locate(path) / WEIGHTS
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a damaged file
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        # a truncated or damaged file (torch's zip reader, the weights-only unpickler)
         raise SaeaseError(f"{file}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SaeaseError(f"{file}: checkpoint format {state.get('format') if isinstance(state, dict) else None!r}"

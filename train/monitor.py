@@ -92,6 +92,6 @@ def start_wandb(cfg, model: Dictionary, wandb_id: str | None):
         return wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, name=cfg.wandb_run_name,
                           config=config, id=wandb_id, resume="allow" if wandb_id else None,
                           mode=os.environ.get("WANDB_MODE") or None)
-    except Exception as err:  # wandb raises its own types for login and network problems
+    except (wandb.errors.Error, OSError) as err:  # login, network and service problems
         raise SaeaseError(f"--wandb: could not start a W&B run ({str(err).splitlines()[0]}); "
                           "set WANDB_MODE=offline to log without a network") from None

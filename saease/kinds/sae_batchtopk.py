@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from saease.dictionary import knob, register
 from saease.errors import SaeaseError
-from saease.kinds.sae_topk import TopKConfig, TopKSAE
+from saease.kinds.sae_topk import SparseCode, TopKConfig, TopKSAE
 
 
 @dataclass
@@ -28,13 +28,6 @@ class BatchTopKConfig(TopKConfig):
         super().__post_init__()
         if not 0 <= self.threshold_decay < 1:
             raise SaeaseError(f"--threshold-decay {self.threshold_decay}: expected a value in [0, 1)")
-
-
-def batch_topk(acts: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k·B largest entries of the [B, κ] batch `acts` (ties broken by topk), zero the rest."""
-    flat = acts.flatten()
-    values, index = flat.topk(min(k * acts.shape[0], flat.numel()))
-    return torch.zeros_like(flat).scatter(0, index, values).view_as(acts)
 
 
 @register("sae-batchtopk")
@@ -52,14 +45,14 @@ class BatchTopKSAE(TopKSAE):
         return acts * (acts > self.threshold)
 
     def train_code(self, enc):
-        z = batch_topk(F.relu(enc.pre), self.cfg.k)
+        z = SparseCode.top_k_of_batch(F.relu(enc.pre), self.cfg.k)
         if self.training:
             self.update_threshold(z)
         return z
 
     @torch.no_grad()
-    def update_threshold(self, z: torch.Tensor) -> None:
-        kept = z[z > 0]
+    def update_threshold(self, z: SparseCode) -> None:
+        kept = z.values[z.values > 0]
         if kept.numel() == 0:
             return
         smallest = kept.min()

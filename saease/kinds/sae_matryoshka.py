@@ -36,15 +36,9 @@ class MatryoshkaConfig(BatchTopKConfig):
 class MatryoshkaSAE(BatchTopKSAE):
     Config = MatryoshkaConfig
 
-    def prefix_errors(self, z, x):
-        """‖x − x̂_m‖² per row for each prefix size m, in prefix order (the last is the whole code)."""
-        x_hat, start, out = self.b_dec.expand_as(x), 0, []
-        for m in self.cfg.prefixes:
-            x_hat = x_hat + z[:, start:m] @ self.W_dec[start:m]
-            out.append(sq_err(x_hat, x))
-            start = m
-        return out
-
     def reconstruction_loss(self, z, x):
-        errors = [e.mean() for e in self.prefix_errors(z, x)]
-        return sum(errors) / len(errors), errors[-1]
+        """The prefixes' mean of ‖x − x̂_m‖² (x̂_m decodes the kept latents below m), and the whole code's."""
+        errors = [sq_err(z.decode(self.W_dec, self.b_dec, below=m), x).mean() for m in self.cfg.prefixes[:-1]]
+        x_hat = z.decode(self.W_dec, self.b_dec)
+        errors.append(sq_err(x_hat, x).mean())
+        return sum(errors) / len(errors), x_hat, errors[-1]

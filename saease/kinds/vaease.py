@@ -18,6 +18,4 @@ class VAEaseConfig(VariationalConfig):
 @register("vaease")
 class VAEase(VariationalDictionary):
     Config = VAEaseConfig
-
-    def gate(self, enc):
-        return 1 - enc.var.sqrt()
+    gate_is_one_minus_sigma = True

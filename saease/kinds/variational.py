@@ -45,6 +45,45 @@ class VariationalConfig(DictionaryConfig):
         return super().deep_encoder or self.encoder == "authors"
 
 
+class GaussianSample(torch.autograd.Function):
+    """The elementwise core of the variational kinds' loss, fused (one-layer text encoder):
+
+        μ = ReLU(pre), σ² = max(sigmoid(s), MIN_VAR), z = g(σ) ⊙ (μ + σ ⊙ ε),  Σ KL(N(μ, σ²) ‖ N(0, I))
+
+    with g(σ) = 1 − σ (VAEase) or 1 (VAE). Returns (z, the KL summed over the batch). Autograd
+    through the same expression allocates a batch × κ tensor for every intermediate and every
+    gradient (~35 passes over memory on a wide step); this does the forward in 5 and the backward
+    in 6, writing into the tensors it already holds. `tests/test_kinds.py` checks its gradients
+    against autograd's."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, s: Tensor, eps: Tensor, gated: bool):
+        mu = torch.relu(pre)
+        std = torch.sigmoid(s).clamp_min_(MIN_VAR).sqrt_()
+        z = torch.addcmul(mu, std, eps)  # μ + σε
+        if gated:
+            z.addcmul_(std, z, value=-1)  # (1 − σ)(μ + σε)
+        # Σ ½(μ² + σ² − log σ² − 1)
+        kl = 0.5 * (mu.pow(2).sum() + std.pow(2).sum() - 2 * torch.log(std).sum() - mu.numel())
+        ctx.save_for_backward(mu, std, eps)
+        ctx.gated = gated
+        return z, kl
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor, grad_kl: Tensor):
+        mu, std, eps = ctx.saved_tensors
+        # ∂/∂σ: grad_z ⊙ (ε(1 − 2σ) − μ) for VAEase (grad_z ⊙ ε for the VAE), + KL's (σ − 1/σ)
+        g_std = torch.addcmul(eps, std, eps, value=-2).sub_(mu) if ctx.gated else eps.clone()
+        g_std.mul_(grad_z).add_(std - std.reciprocal(), alpha=float(grad_kl))
+        # ∂/∂μ: grad_z ⊙ (1 − σ) (VAEase) or grad_z, + KL's μ, through the ReLU
+        g_pre = torch.addcmul(grad_z, grad_z, std, value=-1) if ctx.gated else grad_z.clone()
+        g_pre.add_(mu, alpha=float(grad_kl)).mul_(mu > 0)
+        # σ = sqrt(sigmoid(s)): dσ/ds = σ(1 − σ²)/2, zero where σ² was clamped at MIN_VAR
+        var = std.pow(2)
+        g_s = g_std.mul_(std).mul_(var.neg_().add_(1)).mul_(0.5).mul_(std > math.sqrt(MIN_VAR))
+        return g_pre, g_s, None, None
+
+
 def kl_divergence(mu: Tensor, var: Tensor) -> Tensor:
     """KL(N(μ, diag σ²) ‖ N(0, I)) per sample: ½ Σ_j (μ² + σ² − log σ² − 1)."""
     return 0.5 * (mu.pow(2) + var - var.log() - 1).sum(-1)
@@ -92,9 +131,12 @@ class VariationalDictionary(Dictionary):
         """μ: ReLU of the mean head for one-layer encoders; deep encoders' μ is unconstrained."""
         return enc.pre if self.cfg.deep_encoder else F.relu(enc.pre)
 
+    # Whether the decoder sees (1 − σ) ⊙ z (VAEase) rather than z; `gate` says the same for any encoder.
+    gate_is_one_minus_sigma = False
+
     def gate(self, enc: EncoderOutput) -> Tensor | None:
         """What multiplies the latent before decoding (None: nothing)."""
-        return None
+        return 1 - enc.var.sqrt() if self.gate_is_one_minus_sigma else None
 
     def code_from(self, enc):
         mu, gate = self.mean(enc), self.gate(enc)
@@ -118,16 +160,24 @@ class VariationalDictionary(Dictionary):
 
     def loss(self, x, generator=None):
         x = self.scale_in(x)
-        enc = self.encoder_output(x)
-        mu, std = self.mean(enc), enc.var.sqrt()
-        noise = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
-        z = mu + std * noise
-        gate = self.gate(enc)
-        if gate is not None:
-            z = gate * z
+        n = len(x)
+        if self.cfg.encoder == "text" and self.cfg.encoder_layers == 1:  # the fused elementwise core
+            h = self.trunk(x)
+            pre, s = torch.addmm(self.b_enc, h, self.W_enc), torch.addmm(self.b_sig, h, self.W_sig)
+            noise = torch.randn(pre.shape, generator=generator, device=x.device, dtype=pre.dtype)
+            z, kl_sum = GaussianSample.apply(pre, s, noise, self.gate_is_one_minus_sigma)
+            kl, mu_pos = kl_sum / n, pre > 0
+        else:
+            enc = self.encoder_output(x)
+            mu, std = self.mean(enc), enc.var.sqrt()
+            noise = torch.randn(mu.shape, generator=generator, device=x.device, dtype=mu.dtype)
+            z = mu + std * noise
+            gate = self.gate(enc)
+            if gate is not None:
+                z = gate * z
+            kl, mu_pos = kl_divergence(mu, enc.var).mean(), mu > 0
         sq = sq_err(self.decode_scaled(z), x)
         gamma = self.gamma(sq)
         nll = gaussian_nll(sq, gamma, self.cfg.d_in).mean()
-        kl = kl_divergence(mu, enc.var).mean()
         return {"loss": nll + kl, "mse": sq.mean(), "nll": nll, "kl": kl, "gamma": gamma.detach(),
-                "fired": (mu > 0).any(0) if not self.cfg.deep_encoder else None}
+                "fired": mu_pos.any(0) if not self.cfg.deep_encoder else None}
