@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = module.run(args)
     except SaeaseError as err:
-        print(f"saease {name}: error: {err}", file=sys.stderr)
+        print(f"saease {name}: {getattr(err, 'label', 'error')}: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"saease {name}: interrupted", file=sys.stderr)

@@ -44,6 +44,37 @@ def test_table3_end_to_end_on_a_tiny_pythia(tiny_pythia, tiny_text_dataset, tmp_
     assert manifest["n_rows"] == 2098 and manifest["dtype"] == "float16"
     assert json.loads((out / "summary.json").read_text())["rows"] == 2098
     assert "| VAEase |" in s["markdown"] and "| 39.5 | 22.5 |" in s["markdown"]
+    # 2098 rows for one epoch is one step per dictionary: the run says so, once, and what would do
+    warned = [line for line in res.stderr.splitlines() if line.startswith("saease reproduce: warning:")]
+    assert len(warned) == 1 and "--scale 0.001 is too small" in warned[0], res.stderr
+    assert "1 training steps per dictionary" in warned[0] and "--scale 0.17 or more would do" in warned[0]
+    assert s["warning"] == warned[0].removeprefix("saease reproduce: warning: ")
+
+
+@pytest.mark.parametrize("cv", [0.5, 2.0, 8.0])
+def test_table3_budget_rule_suggests_the_smallest_scale_that_meets_both_floors(cv):
+    from saease.recipes import reproduce as r
+
+    need = r.scale_needed(cv)
+    rows, epochs, steps = r.budget(need)
+    assert r.budget_warning(need, cv) is None and r.budget_warning(1.0, cv) is None
+    assert steps >= r.MIN_STEPS and round(rows * r.HOLDOUT) >= r.heldout_rows_needed(cv)
+    below = r.budget_warning(need * 0.9, cv)  # rounding up to 2 figures adds under 10%
+    assert below and below.startswith(f"--scale {need * 0.9:g} is too small") and f"--scale {need:g} or more" in below
+    # the paper's own budget: 2,098,176 rows × 35 epochs ≈ 32,000 steps, far past one epoch's 923
+    assert r.budget(1.0) == (2_098_176, 35, 923 * 35) and r.MIN_STEPS == 923
+
+
+def test_table3_budget_rule_names_the_floor_that_fails():
+    from saease.recipes import reproduce as r
+
+    # steps are the binding floor for any plausible cv: a short run names only them
+    short = r.budget_warning(0.05, cv=0.5)
+    assert "training steps per dictionary" in short and "held-out rows" not in short
+    # a very spread-out error needs more held-out rows than the steps floor gives
+    noisy = r.budget_warning(0.5, cv=20.0)
+    assert "held-out rows resolve RE only to" in noisy and "training steps" not in noisy
+    assert r.scale_needed(20.0) > 0.5
 
 
 def test_table3_rejects_bad_settings(tmp_path):

@@ -101,18 +101,67 @@ def test_a_local_sweep_runs_each_setting_and_logs_offline(tmp_path, capsys):
     store = write_store(tmp_path / "store", torch.randn(600, 12, generator=g) * 2, shard_rows=200)
     file = write_yaml(tmp_path / "k.yaml", {
         "name": "k-test", "method": "grid", "metric": {"name": "eval/re", "goal": "minimize"},
-        "parameters": {"kind": {"value": "sae-topk"}, "k": {"values": [1, 8]}, "d_latent": {"value": 16}}})
+        "parameters": {"kind": {"value": "sae-topk"}, "k": {"values": [1, 8]}, "lr": {"values": [5e-3, 1e-5]},
+                       "d_latent": {"value": 16}}})
     code, summary, err = sweep_cli(capsys, file, "--local", "--out", str(tmp_path / "runs"),
                                    "--set", f"data={store.path}", "epochs=2", "batch_size=128", "progress=false", "--json")
     assert code == 0, err
-    assert summary["runs"] == 2 and [r["settings"]["k"] for r in summary["results"]] == [1, 8]
-    res = [r["eval/re"] for r in summary["results"]]
-    assert res[1] < res[0]  # 8 active latents reconstruct better than 1
-    assert summary["best"]["settings"]["k"] == 8
-    for i in range(2):
+    runs = summary["results"]
+    assert summary["runs"] == 4 and [(r["settings"]["k"], r["settings"]["lr"]) for r in runs] == \
+        [(1, 5e-3), (1, 1e-5), (8, 5e-3), (8, 1e-5)]
+    assert runs[2]["eval/re"] < runs[0]["eval/re"]  # 8 active latents reconstruct better than 1
+    assert summary["best"]["run"] == 2
+    for i in range(4):
         cfg = json.loads((tmp_path / "runs" / "k-test" / f"run-{i:03d}" / "config.json").read_text())
-        assert (cfg["k"], cfg["training"]["epochs"]) == ([1, 8][i], 2)
-    assert len(list((tmp_path / "runs" / "k-test" / "wandb").glob("offline-run-*/run-*.wandb"))) == 2
+        assert (cfg["k"], cfg["training"]["lr"], cfg["training"]["epochs"]) == \
+            (runs[i]["settings"]["k"], runs[i]["settings"]["lr"], 2)
+        # each row carries the run's exact held-out metrics
+        assert (runs[i]["l0"], runs[i]["re"], runs[i]["ev"], runs[i]["ad"]) == tuple(
+            cfg["metrics"][k] for k in ("l0", "re", "explained_variance", "ad"))
+        assert runs[i]["l0"] <= runs[i]["settings"]["k"]
+    # the RE–L0 Pareto set: k=1 and k=8 at the working lr; each lr=1e-5 run is beaten on both by k=1 at 5e-3
+    assert [r["run"] for r in summary["pareto"]] == [0, 2]
+    assert [r["run"] for r in summary["pareto"]] == [r["run"] for r in brute_force_front(runs)]
+    saved = json.loads((tmp_path / "runs" / "k-test" / "summary.json").read_text())
+    assert saved["pareto"] == summary["pareto"] and saved["best"] == summary["best"]
+    plot = tmp_path / "runs" / "k-test" / "pareto.png"
+    assert summary["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((tmp_path / "runs" / "k-test" / "wandb").glob("offline-run-*/run-*.wandb"))) == 4
+
+
+def brute_force_front(rows):
+    def beats(a, b):
+        return a["l0"] <= b["l0"] and a["re"] <= b["re"] and (a["l0"], a["re"]) != (b["l0"], b["re"])
+    return sorted((r for r in rows if not any(beats(o, r) for o in rows)), key=lambda r: r["l0"])
+
+
+def test_pareto_set_keeps_the_runs_nothing_beats_on_both():
+    def row(run, l0, re):
+        return {"run": run, "kind": "sae-topk", "settings": {}, "l0": l0, "re": re, "ev": None, "ad": None}
+
+    rows = [row(0, 4.0, 1.0), row(1, 2.0, 3.0), row(2, 4.0, 2.0), row(3, 8.0, 0.5), row(4, 2.0, 3.0),
+            row(5, 9.0, 0.5), row(6, 1.0, float("nan")), row(7, 3.0, 3.5), row(8, None, 0.1)]
+    front = sweep.pareto_set(rows)
+    # 2 ties 0 on L0 and loses on RE; 5 ties 3 on RE and loses on L0; 7 loses to 1 on both;
+    # equal runs (1 and 4) are both kept; runs without both numbers are left out
+    assert [r["run"] for r in front] == [1, 4, 0, 3]
+    assert [r["run"] for r in front] == [r["run"] for r in brute_force_front(rows[:6] + rows[7:8])]
+    table = sweep.pareto_table(front).splitlines()
+    assert table[0] == "| run | kind | settings | L0 | RE | EV | AD |" and len(table) == 2 + 4
+    assert table[2] == "| 001 | sae-topk | - | 2.00 | 3 | - | - |"
+
+
+def test_the_plain_summary_prints_the_pareto_table(tmp_path, capsys):
+    store = write_store(tmp_path / "store", torch.randn(300, 8, generator=torch.Generator().manual_seed(1)),
+                        shard_rows=100)
+    file = write_yaml(tmp_path / "s.yaml", {"name": "one", "method": "grid", "parameters": {
+        "kind": {"value": "sae-topk"}, "k": {"value": 2}, "d_latent": {"value": 8}}})
+    code = main(["sweep", file, "--local", "--out", str(tmp_path / "runs"), "--set", f"data={store.path}",
+                 "epochs=1", "batch_size=64", "progress=false"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "RE–L0 Pareto set of sweep one (1 of 1 runs):" in out
+    assert "| 000 | sae-topk | d_latent=8 k=2 | 2.00 |" in out  # (the YAML was written with sorted keys)
 
 
 def test_registering_needs_the_server(tmp_path, capsys, monkeypatch):

@@ -139,6 +139,21 @@ def test_a_sweep_agents_wandb_config_sets_the_run(tmp_path, monkeypatch, capsys)
     assert wandb.run is None  # the run was finished
 
 
+def test_expansion_factor_sets_kappa_in_the_saved_config_and_the_default_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    small_store(tmp_path / "acts", n=300, d=16)
+    code, summary, err = cli(capsys, "--data", "acts", "--kind", "sae-topk", "--k", "4", "--expansion-factor", "3",
+                             "--epochs", "1", "--batch-size", "128", "--no-progress", "--json")
+    assert code == 0, err
+    assert summary["out"] == os.path.join("dictionaries", "acts-sae-topk-48")  # κ = 3 · d_in 16
+    cfg = json.loads((tmp_path / summary["out"] / "config.json").read_text())
+    assert (cfg["d_in"], cfg["d_latent"], cfg["training"]["expansion_factor"], cfg["training"]["d_latent"]) == \
+        (16, 48, 3, 48)
+    assert Dictionary.load(tmp_path / summary["out"]).W_dec.shape[0] == 48
+    code, _, err = cli(capsys, "--data", "acts", "--expansion-factor", "3", "--d-latent", "40", "--no-progress")
+    assert code == 2 and err == "saease train: error: --expansion-factor 3 and --d-latent 40: both set κ; give one\n"
+
+
 @pytest.mark.parametrize("case", ["empty store", "unwritable out", "unknown yaml key", "bf16 on cpu", "bad yaml type"])
 def test_bad_input_is_a_one_line_error_and_leaves_nothing(tmp_path, capsys, case):
     s = small_store(tmp_path / "s", n=200)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import replace
 
 import pytest
 import torch
@@ -108,6 +110,90 @@ def test_a_killed_process_resumes_to_the_same_weights(store, tmp_path, uninterru
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["steps"] == uninterrupted[1]["steps"]
     assert_same_weights(out, uninterrupted[0])
+
+
+SIGNAL_EPOCHS = 60  # ~1000 steps: the signal lands long before the end, however fast the machine
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_long(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full-long") / "d"
+    _, summary = train(config(store, out, epochs=SIGNAL_EPOCHS, checkpoint_every=0))
+    return out, summary
+
+
+class StderrReader:
+    """Collects a process's stderr on a thread; `wait_for(pattern)` polls it with a deadline."""
+
+    def __init__(self, proc):
+        self.proc, self.text, self.lock = proc, "", threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            with self.lock:
+                self.text += chunk.decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                found = list(re.finditer(pattern, self.text))
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no {pattern!r} in stderr before {timeout} s or the process's exit "
+                             f"(exit {self.proc.poll()}):\n{self.text[-2000:]}")
+
+    def finish(self, timeout: float) -> str:
+        self.proc.wait(timeout=timeout)
+        self.thread.join(timeout=timeout)
+        return self.text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_checkpoints_the_current_step_and_the_printed_command_resumes_it(
+        store, tmp_path, uninterrupted_long, sig):
+    out = tmp_path / "d"
+    # --checkpoint-every 0: the only checkpoint before the end is the one the signal writes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saease.cli", "train", "--data", str(store.path), "--out", str(out),
+         "--kind", "vaease", "--d-latent", "24", "--batch-size", "64", "--buffer-shards", "2",
+         "--epochs", str(SIGNAL_EPOCHS), "--checkpoint-every", "0", "--log-every", "4", "--threads", "1",
+         "--progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        reader = StderrReader(proc)
+        # the progress bar (tqdm, on stderr) shows the step; wait until the run is a few steps in
+        seen = int(reader.wait_for(r"\b([5-9]|[1-9]\d+)/\d+ \[", timeout=240).group(1))
+        assert not (out / "checkpoint.json").exists()  # no periodic checkpoint has been written
+        proc.send_signal(sig)
+        err = reader.finish(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    stopped = [line for line in err.splitlines() if "saease train --resume" in line]
+    assert len(stopped) == 1, err
+    said = re.fullmatch(rf"saease train: stopped: {sig.name} at step (\d+) of (\d+); a checkpoint is written "
+                        rf"in (.+); continue with: (saease train --resume .+)", stopped[0])
+    assert said, stopped[0]
+    step, total = int(said.group(1)), int(said.group(2))
+    assert said.group(3) == str(out) and shlex.split(said.group(4)) == ["saease", "train", "--resume", str(out)]
+    assert total == uninterrupted_long[1]["steps"] and seen <= step < total
+    info = json.loads((out / "checkpoint.json").read_text())
+    assert (info["step"], info["finished"]) == (step, False)  # the step reached, not a periodic one
+    assert not (out / "dictionary.safetensors").exists()
+
+    # the printed command, as printed (saease → python -m saease.cli), finishes the run
+    command = shlex.split(said.group(4))
+    done = subprocess.run([sys.executable, "-m", "saease.cli", *command[1:], "--json", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["steps"] == total
+    assert_same_weights(out, uninterrupted_long[0])
 
 
 def test_resume_refuses_a_store_or_kind_that_disagrees_and_changes_nothing(store, tmp_path):

@@ -40,6 +40,9 @@ def run(args) -> dict:
     given = {k: v for k, v in vars(args).items() if k in set(field_names())}
     values = read_yaml(args.config) if args.config else {}
     values.update(given)
+    if values.get("expansion_factor") is not None and values.get("d_latent") is not None:
+        raise SaeaseError(f"--expansion-factor {values['expansion_factor']} and --d-latent {values['d_latent']}: "
+                          "both set κ; give one")
     if os.environ.get("WANDB_SWEEP_ID"):
         values.update(sweep_values())
     if values.get("resume"):

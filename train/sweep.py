@@ -7,9 +7,12 @@
 FILE is a YAML path or the name of one shipped in `train/sweeps/`. Its `parameters` must name
 `saease train` settings; `--set KEY=VALUE` fixes one for every run (e.g. the store). Local
 runs write `OUT/<sweep>/run-NNN/` and log offline to `OUT/<sweep>/wandb/` (`wandb sync`
-uploads them later); the
-summary lists each run's settings and its held-out metric. The wandb client cannot run a
-sweep without the server, and the `sweeps` package pins numpy<2, hence this small runner.
+uploads them later). A sparse dictionary trades reconstruction for sparsity, so the local
+summary answers with the RE–L0 Pareto set (the runs no other run beats on both held-out RE
+and exact L0), printed as a table, plotted to `OUT/<sweep>/pareto.png` and written with every
+run's metrics to `OUT/<sweep>/summary.json`; the single best run by the YAML's metric is
+kept as `best`. The wandb client cannot run a sweep without the server, and the `sweeps`
+package pins numpy<2, hence this small runner.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import random
 from pathlib import Path
 
 from saease.errors import SaeaseError
+from saease.store import atomic_write_json
 from saease.train.config import TrainConfig, config_from_mapping, field_names
 
 SHIPPED = Path(__file__).parent / "sweeps"
@@ -55,7 +59,8 @@ def run(args) -> dict:
     if args.count is not None and args.count < 1:
         raise SaeaseError(f"--count {args.count}: expected a positive number of runs")
     if args.local:
-        return run_local(spec, name, fixed, count=args.count, out=Path(args.out), seed=args.seed, project=project)
+        return run_local(spec, name, fixed, count=args.count, out=Path(args.out), seed=args.seed, project=project,
+                         show=not getattr(args, "json", False))
     return register(spec, name, fixed, project=project, entity=entity)
 
 
@@ -186,7 +191,7 @@ def planned_runs(spec: dict, count: int | None, seed: int, where: str) -> list[d
 
 
 def run_local(spec: dict, name: str, fixed: dict, *, count: int | None, out: Path, seed: int,
-              project: str) -> dict:
+              project: str, show: bool = True) -> dict:
     import wandb
 
     from saease.train.trainer import train
@@ -207,13 +212,88 @@ def run_local(spec: dict, name: str, fixed: dict, *, count: int | None, out: Pat
         finally:
             if wandb.run is not None:
                 wandb.run.finish()
-        results.append({"run": i, "out": summary["out"], "settings": params,
-                        metric: summary.get(metric.split("/", 1)[-1])})
+        results.append({"run": i, "out": summary["out"], "kind": cfg.kind, "settings": params,
+                        metric: summary.get(metric.split("/", 1)[-1]),
+                        **{key: summary.get(field) for key, field in METRICS.items()}})
     scored = [r for r in results if isinstance(r.get(metric), (int, float))]
     best = (min if goal == "minimize" else max)(scored, key=lambda r: r[metric]) if scored else None
-    return {"sweep": name, "method": spec["method"], "runs": len(results), "metric": metric, "goal": goal,
-            "best": best, "results": results,
-            "wandb": f"offline; upload with `wandb sync {logs / 'wandb'}/offline-run-*`"}
+    front = pareto_set(results)
+    plot = plot_pareto(results, front, logs / "pareto.png", title=f"sweep {name}: RE against L0")
+    if show:
+        print(f"\nRE–L0 Pareto set of sweep {name} ({len(front)} of {len(results)} runs):")
+        print(pareto_table(front) + "\n")
+    summary = {"sweep": name, "method": spec["method"], "runs": len(results), "metric": metric, "goal": goal,
+               "pareto": front, "best": best, "plot": plot, "results": results,
+               "wandb": f"offline; upload with `wandb sync {logs / 'wandb'}/offline-run-*`"}
+    atomic_write_json(logs / "summary.json", summary)
+    return summary
+
+
+# ---- what a local sweep reports: the RE–L0 trade-off ----------------------------------------------
+
+# a run's row: our name → the trainer's summary key (held-out metrics; l0 is exact, not estimated)
+METRICS = {"l0": "l0", "re": "re", "ev": "explained_variance", "ad": "ad"}
+
+
+def pareto_set(results: list[dict]) -> list[dict]:
+    """The runs no other run beats on both L0 and RE (lower is better for each), by L0. A run is
+    dominated when another is at least as good on both and better on one; equal runs are all kept."""
+    def finite(r):
+        return all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in ("l0", "re"))
+
+    points = [r for r in results if finite(r)]
+    front = [r for r in points
+             if not any(o["l0"] <= r["l0"] and o["re"] <= r["re"] and (o["l0"] < r["l0"] or o["re"] < r["re"])
+                        for o in points)]
+    return sorted(front, key=lambda r: (r["l0"], r["re"], r["run"]))
+
+
+def settings_text(settings: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in settings.items() if k != "kind") or "-"
+
+
+def pareto_table(rows: list[dict]) -> str:
+    """Markdown table of runs: run, kind, settings, L0, RE, EV, AD."""
+    def num(v, spec):
+        return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+    lines = ["| run | kind | settings | L0 | RE | EV | AD |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['run']:03d} | {r['kind']} | {settings_text(r['settings'])} | {num(r['l0'], '.2f')} | "
+                     f"{num(r['re'], '.4g')} | {num(r['ev'], '.3f')} | {num(r['ad'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def plot_pareto(results: list[dict], front: list[dict], path: Path, title: str) -> str | None:
+    """RE against L0, one point per run, the Pareto front drawn as a staircase and labelled; the
+    PNG's path (None when no run has both numbers)."""
+    points = [r for r in results if all(isinstance(r.get(k), (int, float)) for k in ("l0", "re"))]
+    if not points:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([r["l0"] for r in points], [r["re"] for r in points], s=18, color="0.6", label="run", zorder=2)
+    ax.step([r["l0"] for r in front], [r["re"] for r in front], where="post", color="C3", lw=1.2, zorder=3)
+    ax.scatter([r["l0"] for r in front], [r["re"] for r in front], s=36, color="C3", label="Pareto set", zorder=4)
+    middle = (min(r["l0"] for r in points) + max(r["l0"] for r in points)) / 2
+    for r in front:  # labels point inwards so none runs off the axes
+        right = r["l0"] > middle
+        ax.annotate(f"{r['kind']} {settings_text(r['settings'])}", (r["l0"], r["re"]), fontsize=7,
+                    xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
+    if all(r["re"] > 0 for r in points) and max(r["re"] for r in points) > 10 * min(r["re"] for r in points):
+        ax.set_yscale("log")
+    ax.set(xlabel="L0 (mean non-zero codes per held-out vector)", ylabel="RE (held out)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
 
 
 # ---- registering online -------------------------------------------------------------------------

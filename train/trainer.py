@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import signal
 import time
 from dataclasses import replace
@@ -41,6 +42,7 @@ class Interrupted(SaeaseError):
     """SIGINT or SIGTERM stopped a run after it wrote a checkpoint (the CLI exits 130)."""
 
     exit_code = 130
+    label = "stopped"  # what the CLI prints before the message, instead of "error"
 
 
 def train(cfg: TrainConfig) -> tuple[Dictionary, dict]:
@@ -174,8 +176,11 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
                            fired, x, scheduler.get_last_lr()[0])
             if verdict[1].item() > 0 and step < total_steps:
                 save_checkpoint(epoch, batch_index)
-                raise Interrupted(f"{stop.name} at step {step} of {total_steps}; a checkpoint is written in "
-                                  f"{out}; continue with: saease train --resume {out}")
+                if not procs.main:  # under torchrun only rank 0 prints the resume command
+                    raise Interrupted(f"rank {procs.rank} stopped with rank 0 at step {step}")
+                raise Interrupted(f"{stop.name or 'a signal on another rank'} at step {step} of {total_steps}; "
+                                  f"a checkpoint is written in {out}; continue with: "
+                                  f"saease train --resume {shlex.quote(str(out))}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
                 save_checkpoint(epoch, batch_index)
             if step >= total_steps:
