@@ -43,6 +43,9 @@ class EvalConfig:
         "help": "report folder for masking.csv/png and features.json/html (default: print the summary only)",
         "metavar": "REPORT"})
     all_rows: bool = field(default=False, metadata={"help": "evaluate every row, not only the held-out ones"})
+    screenshot: str | None = field(default=None, metadata={
+        "help": "also save a PNG of the dashboard (with --out; needs chromium), e.g. docs/figures/dashboard.png",
+        "metavar": "PNG"})
     top_n: int = field(default=20, metadata={"help": "top activating examples kept per latent"})
     quantile_examples: int = field(default=20, metadata={
         "help": "examples drawn at random from each latent's positive activations, shown in 4 quantile bands"})
@@ -89,6 +92,8 @@ def load_dictionaries(paths: list[str], device) -> list[tuple[str, Dictionary]]:
 
 
 def check_config(cfg: EvalConfig) -> None:
+    if getattr(cfg, "screenshot", None) and not getattr(cfg, "out", None):
+        raise SaeaseError(f"--screenshot {cfg.screenshot}: needs --out REPORT (the dashboard to photograph)")
     if getattr(cfg, "quantile_examples", 0) < 0:
         raise SaeaseError(f"--quantile-examples {cfg.quantile_examples}: expected 0 or more examples")
     for name in ("top_n", "batch_size", "loss_seqs"):
@@ -130,6 +135,11 @@ def run(args) -> dict:
         summary["report"] = str(out)
         summary["files"] = write_report(out, evals, store, opts, notes, logits=cfg.logits, model=cfg.model,
                                         device=device)
+    if cfg.screenshot:
+        from saease.eval.html import screenshot
+
+        page = out / "features.html" if len(evals) == 1 else out / evals[0].name / "features.html"
+        summary["screenshot"] = str(screenshot(page, Path(cfg.screenshot)))
     if notes.seen:
         summary["warnings"] = list(notes.seen)
     if out is not None:

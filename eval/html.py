@@ -35,10 +35,10 @@ class _Vocab:
 
 
 def _example(e: dict, in_segment, vocab: _Vocab) -> list:
-    """[act, seq, pos] when the example's token is in a segment, else [act, -1, row, token]."""
+    """[act (3 digits), seq, pos] when the example's token is in a segment, else [act, -1, row, token]."""
     if "seq" in e and in_segment(e["seq"], e["pos"]):
-        return [e["act"], e["seq"], e["pos"]]
-    return [e["act"], -1, e["row"], vocab(e["token"]) if "token" in e else -1]
+        return [_sig(e["act"], 3), e["seq"], e["pos"]]
+    return [_sig(e["act"], 3), -1, e["row"], vocab(e["token"]) if "token" in e else -1]
 
 
 def _tops(f: dict, n: int = 3) -> list[str]:
@@ -70,7 +70,7 @@ def compact(report: dict) -> dict:
         details.append([
             f["hist"]["lo"], f["hist"]["counts"],
             [_example(e, in_segment, vocab) for e in f["top"]],
-            [[b["q"][0], b["q"][1], b["min"], b["max"], [_example(e, in_segment, vocab) for e in b["examples"]]]
+            [[b["q"][0], b["q"][1], [_example(e, in_segment, vocab) for e in b["examples"]]]
              for b in f["bands"]],
             None if logits is None else [[[vocab(t), v] for t, v in logits[side]] for side in ("promoted", "suppressed")],
         ])
@@ -79,8 +79,8 @@ def compact(report: dict) -> dict:
     return {"meta": meta, "index": index, "chunks": chunks, "vocab": list(vocab.ids), "segments": segments}
 
 
-def _sig(x: float) -> float:
-    return float(f"{x:.4g}")
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
 
 
 def _json(obj) -> str:
@@ -99,6 +99,33 @@ def write_html(report: dict, path: Path) -> None:
     page = (TEMPLATE.replace("__TITLE__", _escape(title)).replace("__CHUNK__", str(CHUNK))
             .replace("__DATA__", "\n".join(blocks)))
     atomic_write_bytes(path, page.encode())
+
+
+def screenshot(page: Path, png: Path, feature: int | None = None, size: tuple[int, int] = (1400, 1000)) -> Path:
+    """A PNG of the dashboard (feature `feature`'s card, default the first in score order),
+    taken with headless chromium."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from saease.errors import SaeaseError
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        raise SaeaseError(f"--screenshot {png}: needs chromium on PATH (apt-get install -y chromium)")
+    png = Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    url = Path(page).resolve().as_uri() + ("" if feature is None else f"#f{feature}")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+               f"--screenshot={png}", url]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or not png.is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SaeaseError(f"--screenshot {png}: chromium failed ({last})")
+    return png
 
 
 def _escape(text: str) -> str:
