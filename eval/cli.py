@@ -6,7 +6,8 @@ training store (or is not given), and on every row of any other store (`--all-ro
 every row). With `--out REPORT` the report is written there:
 
     REPORT/masking.csv, masking.png      the masking curves, every dictionary on one plot
-    REPORT/features.json, features.html  top-n examples, density, histogram per latent
+    REPORT/features.json, features.html  the feature dashboard: per latent its top and quantile
+                                         examples, density, histogram, logit effects
                                          (REPORT/<name>/features.* for each of several)
     REPORT/summary.json                  the printed summary
 """
@@ -42,7 +43,15 @@ class EvalConfig:
         "help": "report folder for masking.csv/png and features.json/html (default: print the summary only)",
         "metavar": "REPORT"})
     all_rows: bool = field(default=False, metadata={"help": "evaluate every row, not only the held-out ones"})
+    screenshot: str | None = field(default=None, metadata={
+        "help": "also save a PNG of the dashboard (with --out; needs chromium), e.g. docs/figures/dashboard.png",
+        "metavar": "PNG"})
     top_n: int = field(default=20, metadata={"help": "top activating examples kept per latent"})
+    quantile_examples: int = field(default=20, metadata={
+        "help": "examples drawn at random from each latent's positive activations, shown in 4 quantile bands"})
+    logits: bool | None = field(default=None, metadata={
+        "help": "logit effects of the decoder rows through the model's unembedding (default: when the store "
+                "records a model with one; --model overrides)"})
     context_left: int = field(default=12, metadata={"help": "tokens of context shown before an example"})
     context_right: int = field(default=4, metadata={"help": "tokens of context shown after an example"})
     masking: bool = field(default=True, metadata={"help": "compute the latent masking curve"})
@@ -83,6 +92,10 @@ def load_dictionaries(paths: list[str], device) -> list[tuple[str, Dictionary]]:
 
 
 def check_config(cfg: EvalConfig) -> None:
+    if getattr(cfg, "screenshot", None) and not getattr(cfg, "out", None):
+        raise SaeaseError(f"--screenshot {cfg.screenshot}: needs --out REPORT (the dashboard to photograph)")
+    if getattr(cfg, "quantile_examples", 0) < 0:
+        raise SaeaseError(f"--quantile-examples {cfg.quantile_examples}: expected 0 or more examples")
     for name in ("top_n", "batch_size", "loss_seqs"):
         if getattr(cfg, name, 1) < 1:
             raise SaeaseError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a positive integer")
@@ -110,6 +123,7 @@ def run(args) -> dict:
     out = Path(cfg.out) if cfg.out else None
     opts = Options(all_rows=cfg.all_rows, batch_size=cfg.batch_size, masking=cfg.masking,
                    masking_method=cfg.masking_method, features=out is not None, top_n=cfg.top_n,
+                   sample_n=cfg.quantile_examples,
                    context_left=cfg.context_left, context_right=cfg.context_right, progress=cfg.progress)
     evals = evaluate_store(dictionaries, store, opts, notes)
     add_loss(evals, store, mode=cfg.loss, n_seqs=cfg.loss_seqs, seed=cfg.seed, model_override=cfg.model,
@@ -119,7 +133,13 @@ def run(args) -> dict:
     summary = summaries[0] if len(evals) == 1 else {"store": str(store.path), "dictionaries": summaries}
     if out is not None:
         summary["report"] = str(out)
-        summary["files"] = write_report(out, evals, store, opts, notes)
+        summary["files"] = write_report(out, evals, store, opts, notes, logits=cfg.logits, model=cfg.model,
+                                        device=device)
+    if cfg.screenshot:
+        from saease.eval.html import screenshot
+
+        page = out / "features.html" if len(evals) == 1 else out / evals[0].name / "features.html"
+        summary["screenshot"] = str(screenshot(page, Path(cfg.screenshot)))
     if notes.seen:
         summary["warnings"] = list(notes.seen)
     if out is not None:
@@ -136,7 +156,8 @@ def run(args) -> dict:
     return summary
 
 
-def write_report(out: Path, evals: list[Evaluation], store, opts: Options, notes: Notes) -> list[str]:
+def write_report(out: Path, evals: list[Evaluation], store, opts: Options, notes: Notes, *,
+                 logits: bool | None = None, model: str | None = None, device="cpu") -> list[str]:
     """Build every report file in memory first, then write each atomically."""
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -149,10 +170,12 @@ def write_report(out: Path, evals: list[Evaluation], store, opts: Options, notes
         plot_masking(curves, out / "masking.png", title=f"latent masking on {store.path.name}")
         files += ["masking.csv", "masking.png"]
     tokenizer = store_tokenizer(store, notes)
+    unembeddings: dict = {}
     for e in evals:
         folder = out if len(evals) == 1 else out / e.name
         folder.mkdir(exist_ok=True)
-        report = feature_report(e, store, opts, notes, tokenizer)
+        W_U, why = unembedding_for(e, store, logits, model, device, notes, unembeddings)
+        report = feature_report(e, store, opts, notes, tokenizer, W_U, no_logits=why)
         if e.loss is not None:
             report["metrics"].update({k: v for k, v in e.loss.items() if isinstance(v, (int, float))})
         if curves:
@@ -162,3 +185,22 @@ def write_report(out: Path, evals: list[Evaluation], store, opts: Options, notes
         prefix = "" if folder == out else f"{e.name}/"
         files += [f"{prefix}features.json", f"{prefix}features.html"]
     return files
+
+
+def unembedding_for(e: Evaluation, store, logits: bool | None, model: str | None, device, notes: Notes,
+                    cache: dict):
+    """(W_U for `e`'s logit effects, "") or (None, why not): not asked for, not possible (a
+    warning too with --logits), or the model does not load (a warning, never an error)."""
+    from saease.eval.logits import load_unembedding, why_no_logits
+
+    if logits is False:
+        return None, "--no-logits"
+    source = {**store.source, **({"model": model} if model else {})}
+    why = why_no_logits(e.dictionary, source)
+    if why:
+        if logits:
+            notes.warn(f"logit effects skipped for {e.name}: {why}")
+        return None, why
+    processed = bool(store.source.get("processed", True))
+    W_U = load_unembedding(source["model"], processed, e.dictionary.cfg.d_in, device, notes, cache)
+    return W_U, "" if W_U is not None else f"model {source['model']!r} gave no unembedding (see the notes)"

@@ -35,6 +35,9 @@ class Options:
     masking_method: str = "auto"
     features: bool = True
     top_n: int = 20
+    sample_n: int = 20
+    bands: int = 4
+    logit_k: int = 10
     context_left: int = 12
     context_right: int = 4
     progress: bool = True
@@ -85,7 +88,8 @@ def evaluate_store(dictionaries: list[tuple[str, Dictionary]], store: Activation
         evals.append(Evaluation(
             name=name, path=str(path), dictionary=d, split=split, rows=mask, metrics=Metrics(from_variance=d.ad_from_variance),
             curve=MaskingCurve(d, opts.masking_method) if opts.masking else None,
-            stats=FeatureStats(d.cfg.d_latent, opts.top_n, d.device) if opts.features else None))
+            stats=FeatureStats(d.cfg.d_latent, opts.top_n, d.device, sample_n=opts.sample_n)
+            if opts.features else None))
     if opts.features:
         _note_missing_columns(store, notes)
 
@@ -128,22 +132,43 @@ def _note_missing_columns(store: ActivationStore, notes: Notes) -> None:
         notes.warn(f"{store.path} has no contexts.safetensors; top tokens are shown without their context")
 
 
-def feature_report(e: Evaluation, store: ActivationStore, opts: Options, notes: Notes, tokenizer=None) -> dict:
-    """The features.json content for one evaluation."""
+def feature_report(e: Evaluation, store: ActivationStore, opts: Options, notes: Notes, tokenizer=None,
+                   W_U=None, no_logits: str = "") -> dict:
+    """The features.json content for one evaluation (`W_U`: the model's unembedding, for the
+    logit effects; None: none, `no_logits` says why)."""
     contexts = store.contexts()["tokens"] if store.has_contexts else None
-    records = feature_records(e.stats, contexts=contexts, tokenizer=tokenizer,
-                              left=opts.context_left, right=opts.context_right)
+    records, segments = feature_records(e.stats, contexts=contexts, tokenizer=tokenizer, left=opts.context_left,
+                                        right=opts.context_right, bands=opts.bands, progress=opts.progress)
+    if W_U is not None:
+        add_logit_effects(records, e.dictionary, W_U, tokenizer, opts)
     return {
-        "format": "saease.features/1", "dictionary": e.name, "path": e.path, "kind": e.kind,
+        "format": "saease.features/2", "dictionary": e.name, "path": e.path, "kind": e.kind,
         "store": str(store.path), "split": e.split, "n": e.result["n"], "top_n": opts.top_n,
-        "context": {"left": opts.context_left, "right": opts.context_right},
-        "density": "fraction of evaluated rows where the latent is active (SPEC §2 per-sample split); "
-                   "summed over latents it is AD",
-        "hist_edges": HIST_EDGES, "hist": "counts of log10(activation) for positive activations",
+        "sample_n": opts.sample_n, "context": {"left": opts.context_left, "right": opts.context_right},
+        "density": "fraction of evaluated rows where the latent's code is non-zero",
+        "active": "fraction of evaluated rows where the SPEC §2 split counts the latent active (sums to AD)",
+        "score": "default sort: density weight × (0.25 + 0.75 × top-token concentration), docs/eval.md",
+        "hist_edges": HIST_EDGES, "hist": "counts of log10(activation) for positive activations, "
+                                          "bins hist_edges[lo + i] .. hist_edges[lo + i + 1]",
+        "logits": ("direct-path logit effect of the decoder row: W_dec[j] / input_scale @ W_U" if W_U is not None
+                   else f"none: {no_logits or 'no unembedding'}"),
         "metrics": {k: v for k, v in e.result.items() if not isinstance(v, dict)},
         "notes": list(notes.seen),
+        "segments": segments,
         "features": records,
     }
+
+
+def add_logit_effects(records: list[dict], d: Dictionary, W_U, tokenizer, opts: Options) -> None:
+    """records[j]["logits"] = {"promoted": [[token, value], …], "suppressed": […]}."""
+    from saease.eval.logits import logit_effects
+    from saease.eval.tokens import id_strings
+
+    up, up_ids, down, down_ids = logit_effects(d, W_U, opts.logit_k, progress=opts.progress)
+    strings = id_strings(tokenizer, sorted(set(up_ids.flatten().tolist()) | set(down_ids.flatten().tolist())))
+    for rec, uv, ui, dv, di in zip(records, up.tolist(), up_ids.tolist(), down.tolist(), down_ids.tolist()):
+        rec["logits"] = {"promoted": [[strings[i], round(v, 4)] for i, v in zip(ui, uv)],
+                         "suppressed": [[strings[i], round(v, 4)] for i, v in zip(di, dv)]}
 
 
 def store_tokenizer(store: ActivationStore, notes: Notes):

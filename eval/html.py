@@ -1,10 +1,19 @@
-"""The feature report as one self-contained static HTML page (inline CSS and JS, no network).
+"""The feature dashboard: one self-contained static HTML page (inline CSS and JS, no network).
 
-The page holds the feature data as JSON (token strings stored once, in a vocabulary) and
-renders it in the browser: a feature index sortable by any column (density by default), a
-search box over the activating tokens (or `#123` for a feature id), and for each feature
-its histogram and top examples with the activating token highlighted. The URL's query sets
-the initial state (`features.html?q=the&sort=max&dir=asc`), so a filtered view can be linked.
+Layout: a feature index on the left (sortable columns, a filter box, virtualised so 16k rows cost
+what the visible ones cost), one feature card on the right. A card shows the latent's density,
+max and mean activation, its interpretability score, a histogram of its positive activations,
+its logit effect (top promoted / suppressed tokens, models with an unembedding), its top
+examples and examples from its activation quantile bands, each in its context window rendered
+as the tokenizer writes text with the activating token highlighted (shade ∝ activation / max).
+
+Data: everything the index needs is one small JSON block parsed at load; the per-feature detail
+sits in chunks of CHUNK features (one `<script type="application/json">` each) parsed only
+when a card from that chunk is opened, and the context text (per store sequence, the span its
+examples need, token strings stored once in a vocabulary) is parsed with the first card.
+
+URL: `#f123` opens feature 123 (a permalink); the query sets the index view,
+`features.html?q=king&sort=density&dir=asc#f7`.
 """
 
 from __future__ import annotations
@@ -14,223 +23,113 @@ from pathlib import Path
 
 from saease.store import atomic_write_bytes
 
+CHUNK = 256
+
+
+class _Vocab:
+    def __init__(self):
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, s: str) -> int:
+        return self.ids.setdefault(s, len(self.ids))
+
+
+def _example(e: dict, in_segment, vocab: _Vocab) -> list:
+    """[act (3 digits), seq, pos] when the example's token is in a segment, else [act, -1, row, token]."""
+    if "seq" in e and in_segment(e["seq"], e["pos"]):
+        return [_sig(e["act"], 3), e["seq"], e["pos"]]
+    return [_sig(e["act"], 3), -1, e["row"], vocab(e["token"]) if "token" in e else -1]
+
+
+def _tops(f: dict, n: int = 3) -> list[str]:
+    """The most frequent activating tokens of the top examples, most frequent first."""
+    counts: dict[str, int] = {}
+    for e in f["top"]:
+        if "token" in e:
+            counts[e["token"]] = counts.get(e["token"], 0) + 1
+    return sorted(counts, key=lambda t: -counts[t])[:n]
+
 
 def compact(report: dict) -> dict:
-    """The report with every token string replaced by an index into one `vocab` list."""
-    vocab: dict[str, int] = {}
+    """{meta, index, chunks, vocab, segments}: the report in the page's compact layout."""
+    vocab = _Vocab()
+    segments = [[s["seq"], s["start"], [vocab(p) for p in s["pieces"]]] for s in report.get("segments", [])]
+    spans = {s: (start, start + len(p)) for s, start, p in segments}
 
-    def ix(s: str) -> int:
-        return vocab.setdefault(s, len(vocab))
+    def in_segment(seq: int, pos: int) -> bool:
+        return seq in spans and spans[seq][0] <= pos < spans[seq][1]
 
-    features = []
-    for f in report["features"]:
-        examples = []
-        for e in f["examples"]:
-            token = ix(e["token"]) if "token" in e else -1
-            context = [ix(t) for t in e.get("context", [])]
-            examples.append([e["act"], e["row"], token, e.get("at", -1), context])
-        features.append([f["id"], f["density"], f["nonzero"], f["max"], f["mean"], f["hist"], examples])
-    meta = {k: v for k, v in report.items() if k != "features"}
-    return {"meta": meta, "vocab": list(vocab), "features": features}
+    features = report["features"]
+    index = {"id": [f["id"] for f in features], "score": [f["score"] for f in features],
+             "density": [_sig(f["density"]) for f in features], "count": [f["count"] for f in features],
+             "max": [f["max"] or 0 for f in features], "mean": [_sig(f["mean_active"]) for f in features],
+             "tops": [[vocab(t) for t in _tops(f)] for f in features]}
+    details = []
+    for f in features:
+        logits = f.get("logits")
+        details.append([
+            f["hist"]["lo"], f["hist"]["counts"],
+            [_example(e, in_segment, vocab) for e in f["top"]],
+            [[b["q"][0], b["q"][1], [_example(e, in_segment, vocab) for e in b["examples"]]]
+             for b in f["bands"]],
+            None if logits is None else [[[vocab(t), v] for t, v in logits[side]] for side in ("promoted", "suppressed")],
+        ])
+    chunks = [details[s:s + CHUNK] for s in range(0, len(details), CHUNK)]
+    meta = {k: v for k, v in report.items() if k not in ("features", "segments")}
+    return {"meta": meta, "index": index, "chunks": chunks, "vocab": list(vocab.ids), "segments": segments}
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _json(obj) -> str:
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text.replace("<", "\\u003c")  # nothing in the data can close the <script> element
 
 
 def write_html(report: dict, path: Path) -> None:
-    data = json.dumps(compact(report), ensure_ascii=False, separators=(",", ":"), default=str)
-    data = data.replace("<", "\\u003c")  # nothing in the data can close the <script> element
+    data = compact(report)
+    blocks = [f'<script type="application/json" id="d-meta">{_json(data["meta"])}</script>',
+              f'<script type="application/json" id="d-index">{_json(data["index"])}</script>',
+              f'<script type="application/json" id="d-text">{_json([data["vocab"], data["segments"]])}</script>']
+    blocks += [f'<script type="application/json" id="d-chunk-{i}">{_json(c)}</script>'
+               for i, c in enumerate(data["chunks"])]
     title = f"features of {report.get('dictionary', 'a dictionary')}"
-    page = TEMPLATE.replace("__TITLE__", _escape(title)).replace("__DATA__", data)
+    page = (TEMPLATE.replace("__TITLE__", _escape(title)).replace("__CHUNK__", str(CHUNK))
+            .replace("__DATA__", "\n".join(blocks)))
     atomic_write_bytes(path, page.encode())
+
+
+def screenshot(page: Path, png: Path, feature: int | None = None, size: tuple[int, int] = (1400, 1000)) -> Path:
+    """A PNG of the dashboard (feature `feature`'s card, default the first in score order),
+    taken with headless chromium."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from saease.errors import SaeaseError
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        raise SaeaseError(f"--screenshot {png}: needs chromium on PATH (apt-get install -y chromium)")
+    png = Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    url = Path(page).resolve().as_uri() + ("" if feature is None else f"#f{feature}")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+               f"--screenshot={png}", url]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or not png.is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SaeaseError(f"--screenshot {png}: chromium failed ({last})")
+    return png
 
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-TEMPLATE = r"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
-header { padding: 12px 20px; background: #fff; border-bottom: 1px solid #ddd; position: sticky; top: 0; z-index: 1; }
-header h1 { font-size: 18px; margin: 0 0 4px; }
-#summary { color: #555; font-size: 13px; }
-#controls { margin-top: 8px; display: flex; gap: 12px; align-items: center; }
-#search { width: 320px; padding: 5px 8px; font-size: 14px; }
-main { display: grid; grid-template-columns: minmax(340px, 30%) 1fr; gap: 16px; padding: 12px 20px; }
-#index-wrap { max-height: calc(100vh - 130px); overflow: auto; background: #fff; border: 1px solid #ddd; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th { position: sticky; top: 0; background: #f0f0f0; cursor: pointer; text-align: left; padding: 4px 6px; user-select: none; }
-th.sorted::after { content: attr(data-arrow); }
-td { padding: 2px 6px; border-top: 1px solid #eee; white-space: nowrap; }
-tr.row:hover { background: #eef5ff; cursor: pointer; }
-td.tops { white-space: normal; color: #444; }
-.feature { background: #fff; border: 1px solid #ddd; margin-bottom: 12px; padding: 8px 12px; }
-.feature h2 { font-size: 15px; margin: 0 0 4px; }
-.stats { color: #555; font-size: 12px; margin-bottom: 4px; }
-.examples { margin: 4px 0 0; padding-left: 0; list-style: none; }
-.examples li { font-family: ui-monospace, monospace; font-size: 12.5px; white-space: pre; overflow-x: auto; }
-.act { display: inline-block; width: 72px; color: #777; text-align: right; margin-right: 8px; }
-.tok { border-radius: 2px; }
-mark.tok { background: #ffd54f; font-weight: bold; }
-.hist rect { fill: #64b5f6; }
-#more { margin: 8px 0 24px; }
-.empty { color: #999; font-style: italic; }
-</style>
-</head>
-<body>
-<header>
-  <h1 id="title"></h1>
-  <div id="summary"></div>
-  <div id="controls">
-    <input id="search" type="search" placeholder="search activating tokens, or #id" autocomplete="off">
-    <span id="count"></span>
-  </div>
-</header>
-<main>
-  <div id="index-wrap">
-    <table id="index">
-      <thead><tr>
-        <th data-key="id">feature</th><th data-key="density">density</th>
-        <th data-key="max">max act</th><th data-key="nonzero">non-zero</th><th>top tokens</th>
-      </tr></thead>
-      <tbody></tbody>
-    </table>
-  </div>
-  <div>
-    <div id="cards"></div>
-    <button id="more" type="button">show more</button>
-  </div>
-</main>
-<script type="application/json" id="data">__DATA__</script>
-<script>
-"use strict";
-const D = JSON.parse(document.getElementById("data").textContent);
-const V = D.vocab, M = D.meta, PAGE = 50;
-// feature tuple: [id, density, nonzero, max, mean, hist, examples]; example: [act, row, token, at, context]
-const F = D.features.map(f => ({id: f[0], density: f[1], nonzero: f[2], max: f[3] === null ? 0 : f[3],
-  mean: f[4], hist: f[5], examples: f[6]}));
-const state = {q: "", key: "density", dir: -1, shown: PAGE, list: F};
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-function fmt(x) { return x === null || x === undefined ? "–" : (Math.abs(x) >= 1e-3 || x === 0 ? x.toPrecision(3) : x.toExponential(2)); }
-function show(s) { return s.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192"); }
-function tokensOf(f) { return f.examples.filter(e => e[2] >= 0).map(e => V[e[2]]); }
-function topTokens(f) { return [...new Set(tokensOf(f))].slice(0, 6).map(s => JSON.stringify(show(s))).join(" "); }
-
-function matches(f, q) {
-  if (!q) return true;
-  const id = q.match(/^#?(\d+)$/);
-  if (id && q.startsWith("#")) return f.id === Number(id[1]);
-  const ql = q.toLowerCase();
-  return tokensOf(f).some(t => t.toLowerCase().includes(ql)) || (id !== null && f.id === Number(id[1]));
-}
-
-// the histogram bins that any feature uses, so every feature's histogram has the same axis
-const LO = Math.min(...F.map(f => f.hist.findIndex(c => c > 0)).filter(i => i >= 0));
-const HI = Math.max(...F.map(f => f.hist.length - 1 - [...f.hist].reverse().findIndex(c => c > 0)).filter(i => i < F[0].hist.length));
-function histogram(f) {
-  const ns = "http://www.w3.org/2000/svg", w = 160, h = 32;
-  const lo = isFinite(LO) ? LO : 0, hist = f.hist.slice(lo, isFinite(HI) ? HI + 1 : f.hist.length), n = hist.length;
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", w); svg.setAttribute("height", h); svg.setAttribute("class", "hist");
-  const top = Math.max(1, ...hist);
-  hist.forEach((c, i) => {
-    const r = document.createElementNS(ns, "rect"), bh = c ? Math.max(1, h * c / top) : 0;
-    r.setAttribute("x", i * w / n); r.setAttribute("width", w / n - 0.5);
-    r.setAttribute("y", h - bh); r.setAttribute("height", bh);
-    const t = document.createElementNS(ns, "title");
-    t.textContent = "10^" + M.hist_edges[lo + i] + " .. 10^" + M.hist_edges[lo + i + 1] + ": " + c;
-    r.appendChild(t); svg.appendChild(r);
-  });
-  return svg;
-}
-
-function card(f) {
-  const c = el("section", "feature");
-  c.id = "f-" + f.id; c.dataset.id = f.id;
-  c.appendChild(el("h2", "", "#" + f.id));
-  c.appendChild(el("div", "stats", "density " + fmt(f.density) + " \u00b7 non-zero " + fmt(f.nonzero) +
-    " \u00b7 max " + fmt(f.max) + " \u00b7 mean " + fmt(f.mean) + "  (histogram: log10 of positive activations)"));
-  c.appendChild(histogram(f));
-  if (!f.examples.length) { c.appendChild(el("div", "empty", "no positive activation on the evaluated rows")); return c; }
-  const ol = el("ol", "examples");
-  for (const [act, row, tok, at, ctx] of f.examples) {
-    const li = el("li", "example");
-    li.appendChild(el("span", "act", fmt(act)));
-    if (ctx.length) {
-      ctx.forEach((t, i) => li.appendChild(el(i === at ? "mark" : "span", "tok", show(V[t]))));
-    } else if (tok >= 0) {
-      li.appendChild(el("mark", "tok", show(V[tok])));
-      li.appendChild(el("span", "row", "  (row " + row + ")"));
-    } else {
-      li.appendChild(el("span", "row", "row " + row));
-    }
-    ol.appendChild(li);
-  }
-  c.appendChild(ol);
-  return c;
-}
-
-function renderCards() {
-  const cards = document.getElementById("cards");
-  cards.replaceChildren(...state.list.slice(0, state.shown).map(card));
-  document.getElementById("more").hidden = state.shown >= state.list.length;
-}
-
-function render() {
-  const q = state.q.trim();
-  state.list = F.filter(f => matches(f, q)).sort((a, b) => state.dir * (a[state.key] - b[state.key]) || a.id - b.id);
-  const body = document.querySelector("#index tbody");
-  body.replaceChildren(...state.list.map(f => {
-    const tr = el("tr", "row");
-    tr.dataset.id = f.id;
-    [["#" + f.id], [fmt(f.density)], [fmt(f.max)], [fmt(f.nonzero)], [topTokens(f), "tops"]].forEach(
-      ([t, cls]) => tr.appendChild(el("td", cls || "", t)));
-    tr.addEventListener("click", () => reveal(f));
-    return tr;
-  }));
-  document.querySelectorAll("#index th").forEach(th => {
-    th.classList.toggle("sorted", th.dataset.key === state.key);
-    th.dataset.arrow = state.dir < 0 ? " \u25bc" : " \u25b2";
-  });
-  document.getElementById("count").textContent = state.list.length + " of " + F.length + " features";
-  state.shown = PAGE;
-  renderCards();
-}
-
-function reveal(f) {
-  const i = state.list.indexOf(f);
-  if (i >= state.shown) { state.shown = i + 1; renderCards(); }
-  document.getElementById("f-" + f.id).scrollIntoView();
-}
-
-document.getElementById("title").textContent = document.title;
-document.getElementById("summary").textContent = [
-  M.kind, "store " + M.store, M.split + " rows: " + M.n,
-  ...Object.entries(M.metrics || {}).filter(([k, v]) => typeof v === "number").map(([k, v]) => k + " " + fmt(v)),
-  ...(M.notes || [])].join(" \u00b7 ");
-document.querySelectorAll("#index th[data-key]").forEach(th => th.addEventListener("click", () => {
-  state.dir = state.key === th.dataset.key ? -state.dir : -1;
-  state.key = th.dataset.key;
-  render();
-}));
-const search = document.getElementById("search");
-search.addEventListener("input", () => { state.q = search.value; render(); });
-document.getElementById("more").addEventListener("click", () => { state.shown += PAGE; renderCards(); });
-
-const params = new URLSearchParams(location.search);
-if (["id", "density", "max", "nonzero"].includes(params.get("sort"))) state.key = params.get("sort");
-if (params.get("dir") === "asc") state.dir = 1;
-if (params.get("q")) { search.value = params.get("q"); search.dispatchEvent(new Event("input")); } else render();
-</script>
-</body>
-</html>
-"""
+TEMPLATE = (Path(__file__).parent / "dashboard.html").read_text(encoding="utf-8")
