@@ -16,7 +16,7 @@ import torch
 from cli_runner import run_cli as saease
 from conftest import _train_tokenizer, english_like_docs
 
-from saease import Dictionary, DictionaryConfig, StoreWriter
+from saease import Dictionary, StoreWriter
 from saease.eval.evaluator import Options, evaluate_store, feature_report
 from saease.eval.features import interpretability_score
 from saease.eval.html import write_html
@@ -134,7 +134,7 @@ def token_acts(windows: torch.Tensor, vocab_size: int, seed: int = 0) -> torch.T
 
 def random_dictionary(d_in=D_IN, d_latent=48, seed=0, kind="sae-l1"):
     torch.manual_seed(seed)
-    d = Dictionary(DictionaryConfig(kind=kind, d_in=d_in, d_latent=d_latent))
+    d = Dictionary.create(kind, d_in=d_in, d_latent=d_latent)
     with torch.no_grad():
         d.W_enc.normal_(0, 0.5)
         d.b_enc.normal_(-1.5, 0.3)  # most latents fire on a few tokens only
