@@ -21,8 +21,10 @@ import itertools
 import math
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from saease.cli import dataclass_args
 from saease.errors import SaeaseError
 from saease.store import atomic_write_json
 from saease.train.config import TrainConfig, config_from_mapping, field_names
@@ -35,18 +37,25 @@ DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform
                  "log_uniform_values", "q_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal")
 
 
+@dataclass
+class SweepConfig:
+    """`saease sweep`'s flags."""
+
+    file: str = field(default=None, metadata={
+        "help": f"sweep YAML, or a shipped one by name ({', '.join(sorted(p.stem for p in SHIPPED.glob('*.yaml')))})"})
+    local: bool = field(default=False, metadata={
+        "help": "run the sweep here (grid or random), each run logged to W&B offline, no server needed"})
+    count: int | None = field(default=None, metadata={"help": "runs to make (grid: the first N; random: needed)"})
+    set: list[str] = field(default_factory=list, metadata={
+        "help": "fix a setting for every run, e.g. --set data=activations/pythia epochs=2", "metavar": "KEY=VALUE"})
+    out: str = field(default="dictionaries/sweeps", metadata={"help": "local runs write OUT/<sweep>/run-NNN"})
+    seed: int = field(default=0, metadata={"help": "seed for drawing random-sweep settings"})
+    project: str | None = field(default=None, metadata={"help": "W&B project (default: the YAML's, else saease)"})
+    entity: str | None = field(default=None, metadata={"help": "W&B entity (default: the YAML's, else your default)"})
+
+
 def add_arguments(parser) -> None:
-    names = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
-    parser.add_argument("file", help=f"sweep YAML, or a shipped one by name ({names})")
-    parser.add_argument("--local", action="store_true", help="run the sweep here (grid or random), each run logged "
-                        "to W&B offline, no server needed")
-    parser.add_argument("--count", type=int, default=None, help="runs to make (grid: the first N; random: needed)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fix a setting for every run, "
-                        "e.g. --set data=activations/pythia epochs=2")
-    parser.add_argument("--out", default="dictionaries/sweeps", help="local runs write OUT/<sweep>/run-NNN")
-    parser.add_argument("--seed", type=int, default=0, help="seed for drawing random-sweep settings")
-    parser.add_argument("--project", default=None, help="W&B project (default: the YAML's, else saease)")
-    parser.add_argument("--entity", default=None, help="W&B entity (default: the YAML's, else your default)")
+    dataclass_args(parser, SweepConfig, positional=("file",))
 
 
 def run(args) -> dict:
