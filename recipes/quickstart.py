@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", type=int, default=None,
                         help="block to hook (default: the middle block of a local model, 2 for a hub model)")
     parser.add_argument("--rows", type=int, default=0,
-                        help="training activation rows (default 0: every token of the three harvest plays, ~110k)")
+                        help="training activation rows (default 0: every token of the three harvest plays, ~131k)")
     parser.add_argument("--eval-rows", type=int, default=0,
                         help="held-out rows for RE/L0/features (default 0: every token of the held-out plays)")
     parser.add_argument("--d-latent", type=int, default=512, help="latent width κ of both dictionaries")
