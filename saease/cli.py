@@ -29,6 +29,7 @@ COMMANDS = {
     "sweep": ("saease.train.sweep", "run or register a W&B sweep"),
     "reproduce": ("saease.recipes.reproduce", "reproduce the paper's tables end to end"),
     "demo": ("saease.recipes.demo", "two-minute offline quickstart: VAEase vs VAE on subspaces"),
+    "quickstart": ("saease.recipes.quickstart", "offline end to end on the shipped plays model: harvest, train, eval, splice"),
 }
 
 
