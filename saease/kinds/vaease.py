@@ -19,5 +19,9 @@ class VAEaseConfig(VariationalConfig):
 class VAEase(VariationalDictionary):
     Config = VAEaseConfig
 
-    def gate(self, enc):
-        return 1 - enc.var.sqrt()
+    @staticmethod
+    def gate(var):
+        return 1 - var.sqrt()
+
+    # saelens_export (VariationalDictionary's): architecture saease-vaease, which SAELens loads
+    # once saease.saelens_sae is imported; its encode calls `inference_code` above.
