@@ -17,7 +17,7 @@ sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is tested in its own
 from saease.dictionary import Dictionary  # noqa: E402
 from saease.lens import splice  # noqa: E402
 from saease.saelens import export_saelens, import_saelens  # noqa: E402
-import saease.saelens_sae  # noqa: E402,F401  (registers saease-vaease and saease-vae with SAELens)
+import saease.saelens_sae  # noqa: E402  (registers saease-vaease and saease-vae with SAELens)
 
 D_IN, D_SAE = 64, 96
 HOOK = "blocks.1.hook_resid_post"
