@@ -65,9 +65,13 @@ class BatchTopKSAE(TopKSAE):
             self.threshold.lerp_(smallest, 1 - self.cfg.threshold_decay)
 
     def saelens_export(self):
+        """SAELens's jumprelu with every threshold θ, as SAELens itself saves a trained BatchTopK
+        SAE for inference; before θ is estimated the code is per-row top-k, so topk."""
         from saease.kinds.sae_l1 import plain_relu_tensors
 
+        if self.threshold < 0:
+            return super().saelens_export()
         tensors = plain_relu_tensors(self)
-        theta = float(self.threshold.clamp_min(0)) / float(self.cfg.input_scale)  # store units
-        tensors["threshold"] = torch.full((self.cfg.d_latent,), theta)
+        # the code (hence θ) is the same number in both: the input scale is folded into W_enc
+        tensors["threshold"] = torch.full((self.cfg.d_latent,), float(self.threshold))
         return {"architecture": "jumprelu"}, tensors

@@ -103,5 +103,5 @@ class JumpReLUSAE(Dictionary):
         from saease.kinds.sae_l1 import plain_relu_tensors
 
         tensors = plain_relu_tensors(self)
-        tensors["threshold"] = self.threshold / float(self.cfg.input_scale)  # store units
+        tensors["threshold"] = self.threshold  # codes are the same numbers in both (scale folded into W_enc)
         return {"architecture": "jumprelu"}, tensors

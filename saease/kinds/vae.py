@@ -18,10 +18,12 @@ class VAEConfig(VariationalConfig):
 class VAE(VariationalDictionary):
     Config = VAEConfig
 
-    def saelens_export(self):
-        if not self.linear:
+    def saelens_export(self, variance_head: bool = False):
+        """By default SAELens's standard architecture: the code μ = ReLU(x W_enc + b_enc) is a
+        ReLU SAE's, so plain SAELens loads it; the variance head (σ², which AD reads) is left
+        out. With `variance_head`, architecture saease-vae keeps it (needs saease.saelens_sae)."""
+        if variance_head or not self.linear:
             return super().saelens_export()
         from saease.kinds.sae_l1 import plain_relu_tensors
 
-        # the mean head is a ReLU SAE encoder; the variance head only matters in training
         return {"architecture": "standard"}, plain_relu_tensors(self)

@@ -19,3 +19,6 @@ class VAEaseConfig(VariationalConfig):
 class VAEase(VariationalDictionary):
     Config = VAEaseConfig
     gate_is_one_minus_sigma = True
+
+    # saelens_export (VariationalDictionary's): architecture saease-vaease, which SAELens loads
+    # once saease.saelens_sae is imported; its encode calls `inference_code`.

@@ -84,6 +84,11 @@ class GaussianSample(torch.autograd.Function):
         return g_pre, g_s, None, None
 
 
+def spread(s_pre: Tensor) -> Tensor:
+    """σ² from the spread head's pre-activation: sigmoid, clamped at MIN_VAR."""
+    return torch.sigmoid(s_pre).clamp_min(MIN_VAR)
+
+
 def kl_divergence(mu: Tensor, var: Tensor) -> Tensor:
     """KL(N(μ, diag σ²) ‖ N(0, I)) per sample: ½ Σ_j (μ² + σ² − log σ² − 1)."""
     return 0.5 * (mu.pow(2) + var - var.log() - 1).sum(-1)
@@ -125,28 +130,46 @@ class VariationalDictionary(Dictionary):
             pre, s = h[..., :kappa], h[..., kappa:] @ self.W_sig + self.b_sig
         else:
             pre, s = h @ self.W_enc + self.b_enc, h @ self.W_sig + self.b_sig
-        return EncoderOutput(pre=pre, var=torch.sigmoid(s).clamp_min(MIN_VAR))
+        return EncoderOutput(pre=pre, var=spread(s))
 
     def mean(self, enc: EncoderOutput) -> Tensor:
         """μ: ReLU of the mean head for one-layer encoders; deep encoders' μ is unconstrained."""
         return enc.pre if self.cfg.deep_encoder else F.relu(enc.pre)
 
-    # Whether the decoder sees (1 − σ) ⊙ z (VAEase) rather than z; `gate` says the same for any encoder.
+    # Whether the decoder sees (1 − σ) ⊙ z (VAEase) rather than z.
     gate_is_one_minus_sigma = False
 
-    def gate(self, enc: EncoderOutput) -> Tensor | None:
-        """What multiplies the latent before decoding (None: nothing)."""
-        return 1 - enc.var.sqrt() if self.gate_is_one_minus_sigma else None
+    @classmethod
+    def gate(cls, var: Tensor) -> Tensor | None:
+        """What multiplies the latent before decoding, from σ² (None: nothing)."""
+        return 1 - var.sqrt() if cls.gate_is_one_minus_sigma else None
+
+    @classmethod
+    def inference_code(cls, mu: Tensor, var: Tensor) -> Tensor:
+        """The deterministic code from μ and σ²: the one definition of the kind's inference
+        code, which saease.saelens_sae's SAELens classes call too."""
+        gate = cls.gate(var)
+        return mu if gate is None else gate * mu
 
     def code_from(self, enc):
-        mu, gate = self.mean(enc), self.gate(enc)
-        return mu if gate is None else gate * mu
+        return self.inference_code(self.mean(enc), enc.var)
 
     def activity(self, enc):
         return enc.var.log()  # small = active
 
     def usage(self, enc, codes):
         return 1 - enc.var.sqrt()  # σ → 1 marks a latent switched off for that input
+
+    def saelens_export(self):
+        """Architecture `saease-<kind>` (saease.saelens_sae's SAELens classes): both heads and
+        the decoder in the store's units, as for a ReLU SAE."""
+        if not self.linear:
+            raise SaeaseError(f"a {self.kind} dictionary exports to SAELens only with a one-layer "
+                              f"text encoder and a linear decoder")
+        s = float(self.cfg.input_scale)
+        return {"architecture": f"saease-{self.kind}"}, {
+            "W_enc": self.W_enc * s, "b_enc": self.b_enc, "W_sig": self.W_sig * s, "b_sig": self.b_sig,
+            "W_dec": self.W_dec / s, "b_dec": self.b_dec / s}
 
     # ---- training -------------------------------------------------------------------------
 
@@ -172,7 +195,7 @@ class VariationalDictionary(Dictionary):
             mu, std = self.mean(enc), enc.var.sqrt()
             noise = torch.randn(mu.shape, generator=generator, device=x.device, dtype=mu.dtype)
             z = mu + std * noise
-            gate = self.gate(enc)
+            gate = self.gate(enc.var)
             if gate is not None:
                 z = gate * z
             kl, mu_pos = kl_divergence(mu, enc.var).mean(), mu > 0
