@@ -113,7 +113,7 @@ def hf_hidden(model_path, windows: torch.Tensor, index: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def reference(tiny_bert, bert_docs, tmp_path_factory):
     """An uninterrupted single-process float32 harvest of every position, and its config."""
-    cfg = make_cfg(tiny_bert, bert_docs, tmp_path_factory.mktemp("ref") / "store")
+    cfg = make_cfg(tiny_bert, bert_docs, tmp_path_factory.mktemp("ref") / "store", skip_special=False)
     return cfg, run_harvest(cfg)
 
 
@@ -212,11 +212,13 @@ def test_windows_are_cls_tokens_sep(reference, tiny_bert, bert_docs):
     assert tok.unk_token_id in stream
 
 
-def test_skip_special_drops_cls_sep_keeps_unk(tiny_bert, bert_docs, tmp_path):
+def test_skip_special_is_the_encoder_default_drops_cls_sep_keeps_unk(tiny_bert, bert_docs, tmp_path):
     from transformers import AutoTokenizer
 
-    cfg = make_cfg(tiny_bert, bert_docs, tmp_path / "s", layer=0, skip_special=True, max_rows=1200)
+    cfg = make_cfg(tiny_bert, bert_docs, tmp_path / "s", layer=0, max_rows=1200)  # no --skip-special
+    assert cfg.skip_special is None
     summary = run_harvest(cfg)
+    assert ActivationStore(cfg.out).manifest["config"]["skip_special"] is True
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     store = ActivationStore(cfg.out)
     acts, cols = store.read_all(columns=True)
@@ -253,7 +255,7 @@ def test_nothing_after_the_hooked_layer_runs(tiny_bert, bert_docs, tmp_path, mon
 
 def test_sigkill_then_rerun_and_two_ranks_are_byte_identical(reference, tmp_path):
     ref_cfg, _ = reference
-    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "killed")
+    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "killed", skip_special=False)
     assert run_forked(cfg, [{hwriter.KILL_ENV: "1"}]) == [-9]
     assert [s["file"] for s in json.loads((tmp_path / "killed" / "manifest.json").read_text())["shards"]] \
         == ["shard-00000.safetensors"]
@@ -261,7 +263,7 @@ def test_sigkill_then_rerun_and_two_ranks_are_byte_identical(reference, tmp_path
     assert summary["status"] == "complete (resumed)" and summary["shards_reused"] == 1
     assert shard_bytes(cfg.out) == shard_bytes(ref_cfg.out)
 
-    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "dist")
+    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "dist", skip_special=False)
     port = str(free_port())
     envs = [dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in range(2)]
