@@ -308,11 +308,11 @@ def _canonical(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    try:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
+    from saease.models import official_model_name  # TransformerLens 3.x and 4.x
 
-        return get_official_model_name(name).lower()
-    except Exception:
+    try:
+        return official_model_name(name).lower()
+    except ValueError:  # not one of TransformerLens's names
         return name.lower()
 
 
