@@ -184,7 +184,7 @@ def _prepare_store(cfg, ref, out, key, state, docs, model, hook, d_in, skip, sho
     loaded = model.loaded
     source = {
         "model": loaded.name, "model_name": ref.store_name, "revision": loaded.revision, "tokenizer": loaded.tokenizer_name_or_path,
-        "architecture": loaded.architecture, "model_class": loaded.model_class,
+        "architecture": loaded.architecture, "model_class": loaded.model_class, "encoder": loaded.encoder,
         "absent_weights_zeroed": list(loaded.absent),
         "hook": hook, "layer": models.hook_layer(hook) if hook.startswith("blocks.") else None,
         "weights": _weights_label(loaded),

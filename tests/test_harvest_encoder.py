@@ -208,7 +208,7 @@ def test_rows_equal_hf_hidden_states(reference, tiny_bert):
                                rtol=1e-5, atol=1e-5)
     assert torch.equal(cols["tokens"].long(), windows[cols["seq"].long(), cols["pos"].long()])
     src = store.source
-    assert (src["model_class"], src["architecture"], src["processed"]) == (ENCODER_CLASS, "BertModel", False)
+    assert (src["model_class"], src["architecture"], src["processed"], src["encoder"]) == (ENCODER_CLASS, "BertModel", False, True)
     if HOOKED:
         assert src["absent_weights_zeroed"] == ["cls.predictions", "cls.seq_relationship"]
     assert src["windows"].startswith("[CLS] + tokens + [SEP]") and "hidden_states[layer + 1]" in src["weights"]
