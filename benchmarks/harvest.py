@@ -37,7 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 
 from saease.harvest.config import HarvestConfig
-from saease.harvest.loop import _manifest_recorder, harvest_shards, run_harvest
+from saease.harvest.loop import manifest_recorder, harvest_shards, run_harvest
 from saease.harvest.plan import Plan
 from saease import models
 from saease.store import StoreWriter
@@ -112,7 +112,7 @@ def time_harvest(model, hook: str, plan: Plan, folder: Path, d_in: int, dtype: s
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     stats = harvest_shards(model, hook, plan, list(range(plan.n_shards)), folder, d_in, dtype, device,
-                           _manifest_recorder(writer, {}))
+                           manifest_recorder(writer, {}))
     sync(device)
     return time.perf_counter() - t0, time.process_time() - c0, stats
 

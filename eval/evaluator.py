@@ -201,7 +201,7 @@ def loss_source(e: Evaluation, store: ActivationStore, model_override: str | Non
         return None, None, f"{store.path} records no model (not harvested from one)"
     if not hook:
         return None, None, f"{e.path} records no hook to splice at"
-    if src.get("model_class") == "HookedEncoder":
+    if src.get("encoder") or src.get("model_class") == "HookedEncoder":  # (older stores: the class)
         return None, None, f"{store.path} was harvested from an encoder (BERT): no next-token loss to recover"
     if not store.has_contexts:
         return None, None, f"{store.path} has no contexts.safetensors to take token windows from"

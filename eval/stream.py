@@ -19,7 +19,7 @@ from torch import Tensor
 
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
-from saease.store import ActivationStore, Shard, holdout_mask
+from saease.store import ActivationStore, Shard, training_split
 
 META = ("tokens", "seq", "pos")  # per-row columns a harvested store carries
 
@@ -63,19 +63,12 @@ def training_store(dictionary: Dictionary, name: str) -> str:
 def eval_rows(dictionary: Dictionary, store: ActivationStore, all_rows: bool = False) -> tuple[Tensor | None, str]:
     """(mask of the rows to evaluate or None for all, "held-out" / "all").
 
-    The held-out rows are used when `store` is the dictionary's training store (same folder)
-    and it held some out; any other store is evaluated on every row.
+    The held-out rows are used when `store` is the dictionary's training store and it held some
+    out: the same content (its split key; a copied or moved store still is), or for dictionaries
+    that record no split key the same folder (saease.store.training_split). Any other store is
+    evaluated on every row.
     """
-    training = dictionary.cfg.training
-    recorded = dictionary.cfg.source.get("store", "")
-    same = bool(recorded) and Path(store.path).resolve() == Path(recorded).resolve()
-    fraction = training.get("holdout", 0.0) if same and not all_rows else 0.0
-    if fraction <= 0:
-        return None, "all"
-    mask = holdout_mask(store.n_rows, fraction, training.get("holdout_seed", training.get("seed", 0)))
-    if not mask.any():
-        raise SaeaseError(f"{store.path}: the held-out split of {store.n_rows} rows is empty; pass --all-rows")
-    return mask, "held-out"
+    return training_split(store, dictionary.cfg.training, dictionary.cfg.source.get("store"), all_rows)
 
 
 def check_pairing(dictionary: Dictionary, name: str, store: ActivationStore, notes: Notes) -> None:

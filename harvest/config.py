@@ -8,14 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saease.errors import SaeaseError
+from saease.models import SHORT_HOOKS
+from saease.store import DTYPES
 
-SHORT_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-STORAGE_DTYPES = ("float16", "float32", "bfloat16")
+STORAGE_DTYPES = tuple(DTYPES)  # float16, float32, bfloat16
 DEFAULT_LAYER = 2  # SPEC §3: blocks.2.hook_resid_post
 PAPER_ROWS = 2_098_176  # SPEC §3: 2,049 batches x 4 x 256 vectors
 
 # Fields that do not change the rows of the store (they may differ between a run and its resume).
 _NOT_IN_KEY = ("device", "out", "overwrite")
+# Fields added after stores were made: an older manifest's key lacks them, which means this value.
+KEY_DEFAULTS = {"shuffle_windows": False, "seed": 0}
 
 
 @dataclass
@@ -45,12 +48,19 @@ class HarvestConfig:
     prepend_bos: bool = field(default=False, metadata={
         "help": "start every window with the BOS token (the paper's harvest did not; BERT windows "
                 "are always [CLS] … [SEP])"})
-    skip_special: bool = field(default=False, metadata={
+    skip_special: bool | None = field(default=None, metadata={
         "help": "leave BOS/EOS ([CLS]/[SEP]/[PAD] for a BERT) and other special-token positions "
-                "out of the store (their norms are outliers); they still run through the model"})
+                "out of the store (their norms are outliers); they still run through the model "
+                "(default: on for encoders such as BERT, whose every window holds [CLS] and [SEP]; "
+                "off for causal LMs)"})
     max_rows: int = field(default=PAPER_ROWS, metadata={
         "help": "stop after this many activation rows (0: the whole dataset); the default is "
                 "the paper's 2,098,176"})
+    shuffle_windows: bool = field(default=False, metadata={
+        "help": "tokenize the whole dataset, shuffle its windows (by --seed) and take as many as "
+                "--max-rows needs, so that the rows sample the whole corpus rather than its first "
+                "documents"})
+    seed: int = field(default=0, metadata={"help": "seed of --shuffle-windows"})
     batch_size: int = field(default=32, metadata={"help": "context windows per forward pass"})
     device: str | None = field(default=None, metadata={
         "help": "torch device (default: cuda when present, else cpu; under torchrun cuda:LOCAL_RANK)"})
@@ -97,16 +107,30 @@ class HarvestConfig:
         short = self.hook[5:] if self.hook.startswith("hook_") else self.hook
         return f"blocks.{self.block}.hook_{short}" if short in SHORT_HOOKS else self.hook
 
-    def out_path(self) -> Path:
+    def for_model(self, ref) -> "HarvestConfig":
+        """This configuration with the model-dependent defaults filled in from `ref`
+        (a saease.models.ModelRef): --skip-special on for encoders, off for causal LMs."""
+        if self.skip_special is not None:
+            return self
+        return dataclasses.replace(self, skip_special=bool(ref.encoder))
+
+    def out_path(self, ref=None) -> Path:
+        """--out, else activations/<model>/<hook>: the model's store name (its hub id, the name
+        its config records, or its folder's name plus a hash: saease.models.local_store_name)
+        and the full hook name the model will be hooked at. `ref`: saease.models.ModelRef,
+        needed only without --out."""
         if self.out:
             return Path(self.out).expanduser()
-        model = Path(self.model).expanduser()
-        name = model.resolve().name if model.exists() else self.model.replace("/", "--")
-        return Path("activations") / name / self.hook_label
+        if ref is None:
+            raise ValueError("out_path needs the model's ModelRef (saease.models.identify) without --out")
+        from saease.models import expected_hook_name
+
+        return Path("activations") / ref.store_name / expected_hook_name(self.block, self.hook, ref.encoder)
 
     def key(self) -> dict:
         """What determines the store's rows: stored as the manifest's `config`; a rerun with the
-        same key resumes, a different key is refused (unless --overwrite)."""
+        same key resumes, a different key is refused (unless --overwrite). Call it on
+        `for_model(ref)`, which settles --skip-special."""
         key = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
         key["hook"] = self.hook_label
         key["layer"] = self.block

@@ -283,9 +283,15 @@ def keep_mask(windows: torch.Tensor, skip: list[int] | None) -> torch.Tensor | N
 
 def make_windows(ds, column: str, tokenizer, *, context_size: int, prepend_bos: bool = False,
                  encoder: bool = False, skip_ids: list[int] | None = None, max_rows: int = 0,
-                 progress: bool = False, name: str = "dataset") -> torch.Tensor:
+                 progress: bool = False, name: str = "dataset",
+                 shuffle_seed: int | None = None) -> torch.Tensor:
     """Token windows [n, context_size] (int64), just enough of them for `max_rows` stored rows
-    (0: all the windows the dataset makes). `encoder`: BERT framing (see `window_frame`)."""
+    (0: all the windows the dataset makes). `encoder`: BERT framing (see `window_frame`).
+
+    By default these are the dataset's first windows and tokenizing stops there. With
+    `shuffle_seed`, the whole dataset is tokenized, its windows put in a random order drawn from
+    torch.Generator().manual_seed(shuffle_seed), and the first of those taken: a sample of
+    windows from across the corpus, the same for the same seed."""
     from tqdm.auto import tqdm
 
     joiner, head, tail = window_frame(tokenizer, encoder=encoder, prepend_bos=prepend_bos)
@@ -324,15 +330,8 @@ def make_windows(ds, column: str, tokenizer, *, context_size: int, prepend_bos: 
             if head or tail:
                 block = torch.cat([torch.tensor(head, dtype=torch.int64).expand(n_win, -1), block,
                                    torch.tensor(tail, dtype=torch.int64).expand(n_win, -1)], dim=1)
-            if max_rows:
-                per_window = (context_size - torch.isin(block, skip).sum(1)) if len(skip) else \
-                    torch.full((n_win,), context_size)
-                cum = rows + per_window.cumsum(0)
-                if cum[-1] >= max_rows:
-                    n_need = int(torch.searchsorted(cum, torch.tensor(max_rows))) + 1
-                    block = block[:n_need]
-                    done = True
-                rows = int(cum[len(block) - 1])
+            if max_rows and shuffle_seed is None:
+                block, rows, done = _enough(block, skip, max_rows, rows)
             windows.append(block)
             if done:
                 break
@@ -342,4 +341,22 @@ def make_windows(ds, column: str, tokenizer, *, context_size: int, prepend_bos: 
         raise SaeaseError(f"dataset {name!r} has fewer than {body} tokens of text in column {column!r}, "
                           f"not one --context-size {context_size} window; pass more text or a smaller "
                           "--context-size")
-    return torch.cat(windows)
+    windows = torch.cat(windows)
+    if shuffle_seed is not None:
+        order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(int(shuffle_seed)))
+        windows = windows[order]
+        if max_rows:
+            windows = _enough(windows, skip, max_rows, 0)[0]
+    return windows
+
+
+def _enough(block: torch.Tensor, skip: torch.Tensor, max_rows: int, rows: int) -> tuple[torch.Tensor, int, bool]:
+    """The first windows of `block` that bring the `rows` stored so far to `max_rows` (all of
+    them if they do not): (windows, rows after them, whether max_rows is reached)."""
+    per_window = (block.shape[1] - torch.isin(block, skip).sum(1)) if len(skip) else \
+        torch.full((len(block),), block.shape[1])
+    cum = rows + per_window.cumsum(0)
+    done = bool(cum[-1] >= max_rows)
+    if done:
+        block = block[:int(torch.searchsorted(cum, torch.tensor(max_rows))) + 1]
+    return block, int(cum[len(block) - 1]), done

@@ -5,8 +5,10 @@ every rank with the same one-line error):
 
 1. The existing store in --out, from its manifest alone: finished with this configuration ->
    report and stop; another configuration -> refuse (unless --overwrite); else new or resume.
+0. The model's name and kind from its config.json (saease.models.identify): they name the
+   default store, activations/<model>/<hook>, and settle --skip-special's default.
 2. The model (TransformerLens, through saease.models.load_model: a HookedTransformer, or a
-   HookedEncoder for a BERT) and the hook, checked with a two-token forward pass before anything
+   HookedEncoder for a BERT; a TransformerBridge with TransformerLens 4.x) and the hook, checked with a two-token forward pass before anything
    is written.
 3. Rank 0: the windows (read back from contexts.safetensors when resuming, else the dataset
    tokenized), the store opened (saease.store.StoreWriter), contexts written, and the shards
@@ -31,7 +33,7 @@ import safetensors.torch
 import torch
 
 from saease.harvest import data as _data
-from saease.harvest.config import HarvestConfig
+from saease.harvest.config import KEY_DEFAULTS, HarvestConfig
 from saease.harvest.dist import Dist
 from saease.harvest.plan import Plan
 from saease.harvest.writer import SHARD_RE, ShardWriter, shard_index
@@ -41,7 +43,6 @@ from saease.errors import SaeaseError
 
 PROGRESS_RE = re.compile(r"^progress-r(\d+)\.json$")
 PROGRESS_FORMAT = "saease.harvest-progress/1"
-TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def run_harvest(cfg: HarvestConfig) -> dict | None:
@@ -55,8 +56,11 @@ def run_harvest(cfg: HarvestConfig) -> dict | None:
 
 
 def _harvest(cfg: HarvestConfig, d: Dist) -> dict | None:
-    out, key = cfg.out_path(), cfg.key()
-    state = d.agree(lambda: existing_state(out, key, cfg.overwrite))
+    # the model's name and kind from its config.json (rank 0 first: a hub download happens once)
+    ref = d.broadcast(d.agree(lambda: models.identify(cfg.model), only_main=True))
+    cfg = cfg.for_model(ref)
+    out = cfg.out_path(ref)
+    state, key = d.agree(lambda: existing_state(out, cfg.key(), cfg.overwrite))
     if state == "complete":
         manifest = json.loads((out / _store.MANIFEST).read_text())
         if d.is_main:
@@ -78,7 +82,8 @@ def _harvest(cfg: HarvestConfig, d: Dist) -> dict | None:
     skip = _data.special_ids(model.tokenizer, encoder=models.is_encoder(model)) if cfg.skip_special else None
 
     writer, windows, done = d.agree(
-        lambda: _prepare_store(cfg, out, key, state, docs, model, hook, d_in, skip, d.is_main), only_main=True) \
+        lambda: _prepare_store(cfg, ref, out, key, state, docs, model, hook, d_in, skip, d.is_main),
+        only_main=True) \
         or (None, None, None)
     windows = d.agree(lambda: windows if d.is_main else _read_contexts(out, cfg.context_size))
     done = d.broadcast(done)
@@ -87,9 +92,10 @@ def _harvest(cfg: HarvestConfig, d: Dist) -> dict | None:
 
     missing = [k for k in range(plan.n_shards) if k not in done]
     mine = plan.assign(missing, d.rank, d.world)
-    on_shard = _manifest_recorder(writer, done) if d.is_main else _progress_recorder(out, key, d.rank)
+    on_shard = manifest_recorder(writer, done) if d.is_main else _progress_recorder(out, key, d.rank)
     stats = d.agree(lambda: harvest_shards(model, hook, plan, mine, out, d_in, cfg.dtype, device,
-                                           on_shard, progress=d.is_main, desc=f"harvest {hook}"))
+                                           on_shard, progress=d.is_main, desc=f"harvest {hook}",
+                                           overwrite_hint=not cfg.overwrite))
     totals = {k: _gather_sum(d, stats[k]) for k in ("tokens", "rows", "bytes")}
     totals["seconds"] = max(_gather_all(d, stats["seconds"]))
     totals["shards"] = _gather_sum(d, stats["shards"])
@@ -101,22 +107,26 @@ def _harvest(cfg: HarvestConfig, d: Dist) -> dict | None:
 # steps
 
 
-def existing_state(out: Path, key: dict, overwrite: bool) -> str:
-    """'new', 'resume' or 'complete' for the store in `out`; refuses another configuration."""
+def existing_state(out: Path, key: dict, overwrite: bool) -> tuple[str, dict]:
+    """('new', 'resume' or 'complete', the key to write) for the store in `out`; refuses another
+    configuration. An older store whose key lacks a field added since (KEY_DEFAULTS) matches
+    when this run has that field's default, and keeps its own key."""
     path = out / _store.MANIFEST
     if overwrite or not path.exists():
-        return "new"
+        return "new", key
     old = _store.read_json(path, "a store manifest")
     if old.get("format") != _store.FORMAT:
         raise SaeaseError(f"{out}: holds a {old.get('format')!r} manifest, not an activation store; "
                           "pass --overwrite to replace it or choose another --out")
     old_key = old.get("config") or {}
+    if {**{k: v for k, v in KEY_DEFAULTS.items() if k in key}, **old_key} == key:
+        key = old_key
     if old_key != key:
         diff = [k for k in sorted(set(key) | set(old_key)) if key.get(k) != old_key.get(k)]
         said = "; ".join(f"{k}: {old_key.get(k)!r} there, {key.get(k)!r} now" for k in diff[:4])
         raise SaeaseError(f"{out}: holds a store harvested with another configuration ({said}); "
                           "pass --overwrite to replace it or choose another --out")
-    return "complete" if old.get("complete") else "resume"
+    return ("complete" if old.get("complete") else "resume"), key
 
 
 def _device(cfg: HarvestConfig, d: Dist) -> str:
@@ -157,7 +167,7 @@ def load_hooked_model(cfg: HarvestConfig, device: str):
     return model, hook, math.prod(probe.shape[2:])
 
 
-def _prepare_store(cfg, out, key, state, docs, model, hook, d_in, skip, show):
+def _prepare_store(cfg, ref, out, key, state, docs, model, hook, d_in, skip, show):
     """Rank 0: windows, the opened StoreWriter with contexts written, and the shards already done.
     `docs` is (dataset, text column), or None to read the windows back from contexts.safetensors."""
     text_column = None
@@ -168,16 +178,18 @@ def _prepare_store(cfg, out, key, state, docs, model, hook, d_in, skip, show):
         ds, text_column = docs
         windows = _data.make_windows(ds, text_column, model.tokenizer, context_size=cfg.context_size,
                                      prepend_bos=cfg.prepend_bos, encoder=encoder, skip_ids=skip,
-                                     max_rows=cfg.max_rows, progress=show, name=cfg.dataset)
+                                     max_rows=cfg.max_rows, progress=show, name=cfg.dataset,
+                                     shuffle_seed=cfg.seed if cfg.shuffle_windows else None)
     loaded = model.loaded
     source = {
-        "model": loaded.name, "revision": loaded.revision, "tokenizer": loaded.tokenizer_name_or_path,
-        "architecture": loaded.architecture, "model_class": loaded.model_class,
+        "model": loaded.name, "model_name": ref.store_name, "revision": loaded.revision, "tokenizer": loaded.tokenizer_name_or_path,
+        "architecture": loaded.architecture, "model_class": loaded.model_class, "encoder": loaded.encoder,
         "absent_weights_zeroed": list(loaded.absent),
         "hook": hook, "layer": models.hook_layer(hook) if hook.startswith("blocks.") else None,
         "weights": _weights_label(loaded),
         "processed": loaded.processed, "dataset": key["dataset"], "split": cfg.split, "text_column": text_column,
         "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos, "skip_special": cfg.skip_special,
+        "shuffle_windows": cfg.shuffle_windows, "seed": cfg.seed if cfg.shuffle_windows else None,
         "windows": "[CLS] + tokens + [SEP], documents joined with [SEP]" if encoder else
                    ("BOS + " if cfg.prepend_bos else "") + "tokens, documents joined with EOS",
         "special_ids_skipped": skip or [], "d_model": model.cfg.d_model, "n_layers": model.cfg.n_layers,
@@ -195,9 +207,10 @@ def _prepare_store(cfg, out, key, state, docs, model, hook, d_in, skip, show):
 
 
 def _weights_label(loaded: models.LoadedModel) -> str:
-    if loaded.model_class == "HookedEncoder":
+    if loaded.encoder:
         return ("raw (post-LN BERT: TransformerLens does no weight processing; resid_post is "
-                "hook_normalized_resid_post = HF hidden_states[layer + 1])")
+                "HF hidden_states[layer + 1]: hook_normalized_resid_post in a HookedEncoder, "
+                "hook_resid_post in a TransformerBridge)")
     return "processed (fold_ln, center_writing_weights, center_unembed, fold_value_biases)" \
         if loaded.processed else "raw"
 
@@ -251,7 +264,7 @@ def _record(writer: _store.StoreWriter, entries: dict[int, dict]) -> None:
     writer.update(shards=shards, n_rows=sum(e["rows"] for e in shards))
 
 
-def _manifest_recorder(writer, done: dict[int, dict]):
+def manifest_recorder(writer, done: dict[int, dict]):
     entries = dict(done)
 
     def on_shard(k: int, entry: dict) -> None:
@@ -295,7 +308,7 @@ def _summary(out: Path, manifest: dict, status: str, **extra) -> dict:
     src = manifest.get("source", {})
     return {"store": str(out), "status": status, "n_rows": manifest["n_rows"],
             "n_shards": len(manifest["shards"]), "d_in": manifest["d_in"], "dtype": manifest["dtype"],
-            "model": src.get("model"), "model_class": src.get("model_class", "HookedTransformer"),
+            "model": src.get("model"), "model_name": src.get("model_name"), "model_class": src.get("model_class", "HookedTransformer"),
             "hook": src.get("hook"), "weights": "raw" if src.get("processed") is False else "processed",
             "tokenizer": src.get("tokenizer"), **extra}
 
@@ -335,16 +348,22 @@ class _PinnedPool:
 
 def harvest_shards(model, hook: str, plan: Plan, shards: list[int], out: Path, d_in: int, dtype: str,
                    device: str, on_shard, *, progress: bool = False, desc: str = "harvest",
-                   depth: int = 2) -> dict:
-    """Compute and write `shards` (global indices). Returns tokens/rows/bytes/seconds/shards."""
+                   depth: int = 2, overwrite_hint: bool = True) -> dict:
+    """Compute and write `shards` (global indices). Returns tokens/rows/bytes/seconds/shards.
+
+    Before a batch is cast to the storage dtype, the largest |value| of its stored rows is taken
+    (on the device, no sync); the writer checks it before it takes the rows, so a NaN, an inf or
+    a value past the dtype's range stops the harvest with a one-line error (StoreRangeCheck)
+    and no shard holding such a row is ever written."""
     from tqdm.auto import tqdm
 
     batches = sorted({j for k in shards for j in plan.batches_of_rows(*plan.shard_rows_range(k))})
-    storage = TORCH_DTYPES[dtype]
+    storage = _store.DTYPES[dtype]
     on_cuda = str(device).startswith("cuda")
     ctx = plan.context_size
     n_tokens = sum(min(plan.batch_size, plan.n_windows - j * plan.batch_size) for j in batches) * ctx
-    sink = ShardWriter(plan, shards, out, d_in, storage, on_shard, depth=depth)
+    sink = ShardWriter(plan, shards, out, d_in, storage, on_shard, depth=depth,
+                       check=StoreRangeCheck(hook, dtype, overwrite_hint))
     pool = _PinnedPool((plan.batch_size, ctx, d_in), storage, depth + 2) if on_cuda and batches else None
     bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc=desc, disable=not progress, smoothing=0.1)
     t0 = time.perf_counter()
@@ -360,16 +379,19 @@ def harvest_shards(model, hook: str, plan: Plan, shards: list[int], out: Path, d
                 w0, w1 = plan.batch_windows(j)
                 tokens = on_device[w0 - first:w1 - first]
                 acts = models.run_to_hook(model, tokens, hook)
-                acts = acts.reshape(acts.shape[0], acts.shape[1], d_in).to(storage)
+                acts = acts.reshape(acts.shape[0], acts.shape[1], d_in)
+                peak = stored_peak(plan, j, acts)
+                acts = acts.to(storage)
                 if pool is not None:
                     buf = pool.take()
                     view = buf[: len(acts)]
                     view.copy_(acts, non_blocking=True)
+                    peak = peak.to("cpu", non_blocking=True)
                     event = torch.cuda.Event()
                     event.record()
-                    sink.put(j, view, event, release=lambda b=buf: pool.give(b))
+                    sink.put(j, view, event, release=lambda b=buf: pool.give(b), peak=peak)
                 else:
-                    sink.put(j, acts.cpu())  # no-op on the CPU
+                    sink.put(j, acts.cpu(), peak=peak)  # no-op on the CPU
                 bar.update(tokens.numel())
     except BaseException:
         bar.close()
@@ -381,3 +403,41 @@ def harvest_shards(model, hook: str, plan: Plan, shards: list[int], out: Path, d
     rows = sum(b - a for a, b in map(plan.shard_rows_range, shards))
     return {"tokens": n_tokens, "rows": rows, "bytes": sink.bytes_written, "seconds": seconds,
             "shards": sink.shards_written, "write_seconds": sink.write_seconds}
+
+
+def stored_peak(plan: Plan, j: int, acts: torch.Tensor) -> torch.Tensor:
+    """max |value| over the rows of batch j that go into the store (kept positions, cut at the
+    plan's last row), a 0-dim float32 tensor on the activations' device: NaN if any is NaN."""
+    ra, rb = plan.batch_rows(j)
+    flat = acts.reshape(-1, acts.shape[-1])
+    mask = plan.batch_keep(j)
+    if mask is not None:
+        flat = flat[mask.to(flat.device)]
+    flat = flat[: max(rb - ra, 0)]
+    if not len(flat):
+        return torch.zeros((), device=acts.device)
+    return flat.abs().amax().float()
+
+
+class StoreRangeCheck:
+    """Raises a one-line SaeaseError when a batch's stored peak (`stored_peak`) is not finite or
+    does not fit the storage dtype, naming the hook, the peak and a dtype that holds it."""
+
+    def __init__(self, hook: str, dtype: str, overwrite_hint: bool = True):
+        self.hook, self.dtype = hook, dtype
+        self.limit = torch.finfo(_store.DTYPES[dtype]).max
+        self.hint = " --overwrite" if overwrite_hint else ""
+
+    def __call__(self, peak: torch.Tensor) -> None:
+        value = float(peak)
+        if value <= self.limit:
+            return
+        if not math.isfinite(value):
+            what = "NaN" if math.isnan(value) else "inf"
+            raise SaeaseError(f"hook {self.hook}: the model produced {what} activations (in float32, before "
+                              f"any cast to {self.dtype}); no storage dtype holds them: check the model's "
+                              "weights and --raw")
+        fits = [d for d in ("bfloat16", "float32") if value <= torch.finfo(_store.DTYPES[d]).max]
+        raise SaeaseError(f"hook {self.hook}: max |value| {value:.4g} exceeds {self.dtype}'s range "
+                          f"(±{self.limit:.6g}); rerun with {' or '.join('--dtype ' + d for d in fits)}"
+                          f"{self.hint} (bfloat16 keeps float32's range in half the space)")

@@ -59,15 +59,18 @@ def _die_mid_write(path: Path, data: bytes) -> None:
 class ShardWriter:
     """Consumes batches of activations in batch order and writes this rank's shards.
 
-    `put(j, acts, event, release)`: `acts` [windows, pos, d] of batch j, already in the storage
-    dtype on the CPU (possibly still arriving from the GPU: `event` is waited on first;
+    `put(j, acts, event, release, peak)`: `acts` [windows, pos, d] of batch j, already in the
+    storage dtype on the CPU (possibly still arriving from the GPU: `event` is waited on first;
     `release()` is called once the rows have been copied out, to recycle a pinned buffer).
+    `peak`: the batch's max |value| before the cast, handed to `check` (which raises to stop
+    the harvest) before any of its rows is taken.
     """
 
     def __init__(self, plan, shards: list[int], folder: Path, d_in: int, dtype: torch.dtype,
-                 on_shard, depth: int = 2):
+                 on_shard, depth: int = 2, check=None):
         self.plan, self.folder, self.d_in, self.dtype = plan, Path(folder), d_in, dtype
         self.on_shard = on_shard
+        self.check = check
         self.todo = sorted(shards)
         self.next = 0                        # index into todo of the first unfinished shard
         self.buffers: dict[int, torch.Tensor] = {}
@@ -80,14 +83,14 @@ class ShardWriter:
         self.thread = threading.Thread(target=self._work, name="saease-shard-writer", daemon=True)
         self.thread.start()
 
-    def put(self, j: int, acts: torch.Tensor, event=None, release=None) -> None:
+    def put(self, j: int, acts: torch.Tensor, event=None, release=None, peak=None) -> None:
         while True:  # never block forever on a dead writer
             if self.error is not None:
                 if release:
                     release()
                 return
             try:
-                self.queue.put((j, acts, event, release), timeout=0.5)
+                self.queue.put((j, acts, event, release, peak), timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -114,11 +117,13 @@ class ShardWriter:
             item = self.queue.get()
             if item is None:
                 return
-            j, acts, event, release = item
+            j, acts, event, release, peak = item
             try:
                 if self.error is None:
                     if event is not None:
                         event.synchronize()
+                    if peak is not None and self.check is not None:
+                        self.check(peak)
                     self._take(j, acts)
             except BaseException as err:  # noqa: BLE001 - handed to the main thread
                 self.error = _as_saease_error(err, self.folder)

@@ -79,7 +79,8 @@ def _heldout(cfg, labels: bool):
 
     store = ActivationStore(cfg.source["store"])
     x, cols = store.read_all(columns=True)
-    test = holdout_mask(store.n_rows, cfg.training.get("holdout", 0.1), cfg.training.get("holdout_seed", 0))
+    key = cfg.training.get("split_key")  # None: trained before split keys, the seed-only split
+    test = holdout_mask(store.n_rows, cfg.training.get("holdout", 0.1), cfg.training.get("holdout_seed", 0), key=key)
     return (x[test], cols["labels"][test]) if labels else x[test]
 
 

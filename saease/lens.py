@@ -42,10 +42,11 @@ from transformer_lens.hook_points import HookPoint
 
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
+from saease.models import SHORT_HOOKS
 
 HOOK_POINTS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_var", "hook_sae_acts_post",
                "hook_sae_recons", "hook_sae_error", "hook_sae_output")
-_D_MODEL_HOOK = re.compile(r"(^|\.)hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out|embed)$")
+_D_MODEL_HOOK = re.compile(rf"(^|\.)hook_({'|'.join((*SHORT_HOOKS, 'embed'))})$")
 
 
 class DictionaryModelWarning(UserWarning):
@@ -305,11 +306,11 @@ def _canonical(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    try:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
+    from saease.models import official_model_name  # TransformerLens 3.x and 4.x
 
-        return get_official_model_name(name).lower()
-    except Exception:
+    try:
+        return official_model_name(name).lower()
+    except ValueError:  # not one of TransformerLens's names
         return name.lower()
 
 

@@ -14,6 +14,12 @@ converters:
   activations are exact, its MLM logits are meaningless. TransformerLens does no weight
   processing for post-LN BERTs, so ``processed`` is always False for them.
 
+TransformerLens 4.x removed `HookedTransformer`/`HookedEncoder`: there every model is loaded as a
+`transformer_lens.model_bridge.TransformerBridge` booted from the same folder, with
+``enable_compatibility_mode()`` (the same weight processing) unless `raw`; BERT bridges are never
+processed either. In a BERT bridge ``blocks.L.hook_resid_post`` already is the vector passed to
+the next block (HF ``hidden_states[L + 1]``), so ``resid_post`` maps to it there.
+
 `HookedTransformer.from_pretrained` / `HookedEncoder.from_pretrained` only accept official names
 (they call ``get_official_model_name`` before anything else), so we call the pieces they are made
 of.
@@ -31,6 +37,8 @@ resid_pre + attn_out).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import warnings
@@ -60,8 +68,9 @@ class LoadedModel:
     revision: the hub snapshot's commit hash, None for a local folder.
     architecture: the checkpoint's Hugging Face architecture (``config.architectures[0]``,
         e.g. ``GPTNeoXForCausalLM``, ``BertModel``).
-    model_class: the TransformerLens class it was converted to (``HookedTransformer`` or
-        ``HookedEncoder``).
+    model_class: the TransformerLens class it was converted to (``HookedTransformer``,
+        ``HookedEncoder`` or, with TransformerLens 4.x, ``TransformerBridge``).
+    encoder: True for a bidirectional post-LN encoder (a BERT).
     absent: parts the checkpoint lacks, zeroed at load (``cls.predictions``: the MLM head of a
         ``BertModel`` checkpoint); they never affect the residual stream.
     """
@@ -73,6 +82,7 @@ class LoadedModel:
     architecture: str | None = None
     model_class: str = "HookedTransformer"
     absent: tuple[str, ...] = ()
+    encoder: bool = False
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,8 +105,6 @@ def load_model(
     BERTs are never processed (post-LN: TransformerLens cannot fold their LayerNorms), whatever
     `raw` says. Weights are converted and processed in float32, then cast to `dtype`.
     """
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -104,9 +112,15 @@ def load_model(
     folder, tl_name, identity = _resolve(name_or_path)
     hf_config = _read_config(folder, name_or_path)
     architecture = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
-    identity = dataclasses.replace(identity, architecture=architecture)
-    if hf_config.model_type in ENCODER_MODEL_TYPES:
+    encoder = hf_config.model_type in ENCODER_MODEL_TYPES
+    identity = dataclasses.replace(identity, architecture=architecture, encoder=encoder)
+    if not has_hooked_transformer():
+        return _load_bridge(folder, name_or_path, identity, raw=raw or encoder, device=device, dtype=dtype)
+    if encoder:
         return _load_bert(folder, name_or_path, hf_config, identity, device=device, dtype=dtype)
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
                                                         local_files_only=True)
@@ -139,11 +153,59 @@ def load_model(
     return model
 
 
-def is_encoder(model) -> bool:
-    """True for a `HookedEncoder` (a BERT): bidirectional, post-LN, windows framed by [CLS] … [SEP]."""
-    from transformer_lens import HookedEncoder
+def has_hooked_transformer() -> bool:
+    """True with TransformerLens 3.x (HookedTransformer/HookedEncoder); False with 4.x, where
+    TransformerBridge is the only model class."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    return isinstance(model, HookedEncoder)
+
+def is_encoder(model) -> bool:
+    """True for a BERT (a `HookedEncoder`, or a TransformerBridge of one): bidirectional,
+    post-LN, windows framed by [CLS] … [SEP]."""
+    loaded = vars(model).get("loaded")
+    if loaded is not None:
+        return loaded.encoder
+    if has_hooked_transformer():
+        from transformer_lens import HookedEncoder
+
+        if isinstance(model, HookedEncoder):
+            return True
+    config = getattr(vars(model).get("_modules", {}).get("original_model"), "config", None)
+    return getattr(config, "model_type", None) in ENCODER_MODEL_TYPES
+
+
+def _load_bridge(folder: str, name: str, identity: LoadedModel, *, raw: bool, device, dtype):
+    """TransformerLens 4.x: the folder booted as a `TransformerBridge`; unless `raw`, with
+    compatibility mode (fold_ln, center_writing_weights, center_unembed, fold_value_biases),
+    HookedTransformer's numerics."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a BertModel has no MLM head: "newly initialized" report
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = TransformerBridge.boot_transformers(folder, device=device, dtype=torch.float32)
+            if not raw:
+                model.enable_compatibility_mode(disable_warnings=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise SaeaseError(f"cannot load model {name!r} from {folder}: {_one_line(e)}") from e
+    except NotImplementedError as e:
+        raise SaeaseError(f"cannot load model {name!r}: TransformerLens does not support "
+                          f"its architecture ({_one_line(e)})") from e
+    finally:
+        hf_logging.set_verbosity(level)
+    if dtype != torch.float32:
+        model.to(dtype)
+    model.eval().requires_grad_(False)
+    model.loaded = dataclasses.replace(identity, processed=not raw, model_class="TransformerBridge")
+    return model
 
 
 def _read_config(folder: str, name: str):
@@ -201,7 +263,7 @@ def _load_bert(folder: str, name: str, hf_config, identity: LoadedModel, *, devi
         model.to(dtype, print_details=False)
     model.eval().requires_grad_(False)
     model.loaded = dataclasses.replace(identity, processed=False, model_class="HookedEncoder",
-                                       absent=absent)
+                                       absent=absent, encoder=True)
     return model
 
 
@@ -267,6 +329,95 @@ def _zero_absent_heads(state_dict: dict, missing: list[str]) -> tuple[str, ...]:
     return tuple(absent)
 
 
+# ---- names, before any weights are loaded ------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """What is known of a model from its name and config.json alone (no weights loaded).
+
+    name: official hub id, or the absolute path of a local folder (as ``LoadedModel.name``).
+    store_name: the model's part of default store and dictionary names (see `store_name`).
+    encoder: a BERT (``model_type`` in ENCODER_MODEL_TYPES).
+    """
+
+    name: str
+    store_name: str
+    encoder: bool
+
+
+def identify(name_or_path: str) -> ModelRef:
+    """`ModelRef` of a model name or folder; a hub model not in the local cache is downloaded
+    (as `load_model` would), a bad name fails with the same one-line error."""
+    folder, _, identity = _resolve(name_or_path)
+    config = _config_json(Path(folder), name_or_path)
+    encoder = config.get("model_type") in ENCODER_MODEL_TYPES
+    if identity.revision is None:  # a local folder
+        return ModelRef(identity.name, local_store_name(Path(folder), config), encoder)
+    return ModelRef(identity.name, safe_name(identity.name), encoder)
+
+
+def safe_name(name: str) -> str:
+    """A name as one path component: ``EleutherAI/pythia-70m`` -> ``EleutherAI--pythia-70m``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-.") or "model"
+
+
+def local_store_name(folder: Path, config: dict) -> str:
+    """Store name of a local model folder: the hub id its config.json records
+    (``_name_or_path``, written by older transformers' save_pretrained), else the folder's name
+    plus 8 hex digits of sha256(absolute path, config.json), so two different folders that are
+    both called ``model`` never share a store."""
+    for key in ("_name_or_path", "name_or_path"):
+        recorded = config.get(key)
+        if isinstance(recorded, str) and _HUB_ID.match(recorded) and not Path(recorded).expanduser().exists():
+            return safe_name(recorded)
+    return f"{safe_name(folder.name)}-{_folder_hash(folder)}"
+
+
+def store_name(name_or_path: str) -> str:
+    """Store name of a model as a store's manifest records it (``source.model``: a hub id or a
+    local folder's absolute path), without touching the hub: hub ids as `safe_name`, folders
+    as `local_store_name` (a folder that no longer exists: its name plus a hash of its path)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return local_store_name(path.resolve(), _config_json(path, name_or_path))
+    if path.is_absolute():
+        return f"{safe_name(path.name)}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    return safe_name(name_or_path)
+
+
+def _folder_hash(folder: Path) -> str:
+    h = hashlib.sha256(str(folder.resolve()).encode() + b"\n")
+    config = folder / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    return h.hexdigest()[:8]
+
+
+def _config_json(folder: Path, name: str) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SaeaseError(f"cannot load model {name!r}: {folder}/config.json is unreadable "
+                          f"({_one_line(e)})") from None
+
+
+# ---- hooks ---------------------------------------------------------------------------------------
+
+
+def expected_hook_name(layer: int, hook: str, encoder: bool) -> str:
+    """The full hook name `hook_name` gives for a short name, from the model's kind alone
+    (a full name is returned as it is)."""
+    short = hook[5:] if hook.startswith("hook_") else hook
+    if short not in SHORT_HOOKS:
+        return hook
+    if encoder and has_hooked_transformer():
+        return f"blocks.{layer}.{ENCODER_HOOKS.get(short, 'hook_' + short)}"
+    return f"blocks.{layer}.hook_{short}"
+
+
 def hook_name(model, layer: int, hook: str) -> str:
     """Full hook name for `hook` at `layer`: ``resid_post`` -> ``blocks.{layer}.hook_resid_post``.
 
@@ -288,8 +439,10 @@ def hook_name(model, layer: int, hook: str) -> str:
     if not 0 <= layer < n_layers:
         raise SaeaseError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
     name = f"blocks.{layer}.hook_{hook}"
-    if is_encoder(model):
-        name = f"blocks.{layer}.{ENCODER_HOOKS.get(hook, 'hook_' + hook)}"
+    # a HookedEncoder's resid_post is the pre-LN sum; a BERT bridge's already is the LN output
+    encoder_name = f"blocks.{layer}.{ENCODER_HOOKS.get(hook, 'hook_' + hook)}"
+    if is_encoder(model) and encoder_name in model.hook_dict:
+        name = encoder_name
     if name not in model.hook_dict:
         available = [h for h in SHORT_HOOKS if f"blocks.{layer}.hook_{h}" in model.hook_dict]
         raise SaeaseError(f"hook {hook!r} does not exist in this model (e.g. no resid_mid when "
@@ -371,8 +524,6 @@ def _resolve(name_or_path: str) -> tuple[str, str, LoadedModel]:
     only if it is missing and the hub is not known to be offline is it downloaded, after one
     short reachability probe, so an unreachable hub fails in seconds.
     """
-    from transformer_lens import loading_from_pretrained as loading
-
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         folder = path.resolve()
@@ -384,18 +535,28 @@ def _resolve(name_or_path: str) -> tuple[str, str, LoadedModel]:
         raise SaeaseError(f"cannot load model {name_or_path!r}: no such model folder")
 
     try:
-        repo_id = tl_name = loading.get_official_model_name(name_or_path)
+        repo_id = tl_name = official_model_name(name_or_path)
     except ValueError:
         if "/" not in name_or_path:
             raise SaeaseError(f"unknown model {name_or_path!r}: not a TransformerLens model name, "
                               "a hub id (org/name) or a local folder") from None
         repo_id, tl_name = name_or_path, None  # any hub id of a supported architecture
-    folder = _cached_snapshot(repo_id) or _download(name_or_path, repo_id)
+    folder = cached_snapshot(repo_id) or _download(name_or_path, repo_id)
     revision = folder.name
     return str(folder), tl_name or str(folder), LoadedModel(repo_id, repo_id, True, revision)
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
+def official_model_name(name: str) -> str:
+    """TransformerLens's official hub id for a model name or alias (``pythia-70m`` ->
+    ``EleutherAI/pythia-70m``); ValueError when it is not one of TransformerLens's models."""
+    try:
+        from transformer_lens.supported_models import get_official_model_name  # 4.x
+    except ImportError:
+        from transformer_lens.loading_from_pretrained import get_official_model_name  # 3.x
+    return get_official_model_name(name)
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
 
     try:

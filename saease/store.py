@@ -219,6 +219,55 @@ class ActivationStore:
     def __len__(self) -> int:
         return self.n_rows
 
+    # ---- identity ---------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str | None:
+        """The model's part of default names (``EleutherAI--pythia-70m``, ``model-1a2b3c4d`` for
+        a local folder without a recorded hub id: saease.models.local_store_name); None for a
+        store with no model (synthetic data, imported arrays). Older stores: derived from
+        ``source.model``."""
+        recorded = self.source.get("model_name")
+        if recorded:
+            return str(recorded)
+        model = self.source.get("model")
+        if not model:
+            return None
+        from saease.models import store_name
+
+        return store_name(str(model))
+
+    @property
+    def hook_name(self) -> str | None:
+        """The full hook name the rows were read at, as the model named it
+        (``blocks.2.hook_resid_post``; ``blocks.1.hook_normalized_resid_post`` in a TL 3.x BERT);
+        None when the store records none."""
+        hook = self.source.get("hook") or (self.manifest.get("config") or {}).get("hook")
+        return str(hook) if hook else None
+
+    def default_name(self, kind: str, width: int) -> str:
+        """Default dictionary name ``<model>-<hook>-<kind>-<width>``; a store without a model is
+        named by its folder instead (``<folder>-<kind>-<width>``)."""
+        if self.model_name and self.hook_name:
+            return f"{self.model_name}-{self.hook_name}-{kind}-{width}"
+        return f"{self.path.name}-{kind}-{width}"
+
+    @property
+    def split_key(self) -> str:
+        """Content key of the store: sha256 over its shards' sha256s and row counts, in order.
+        A copied or moved store has the same key; a store with other rows has another.
+        (A shard entry without a sha256, hand-made, is hashed from its file.)"""
+        h = hashlib.sha256(b"saease.split/1\n")
+        for entry in self.shards:
+            digest = entry.get("sha256") or hashlib.sha256((self.path / entry["file"]).read_bytes()).hexdigest()
+            h.update(f"{digest} {int(entry['rows'])}\n".encode())
+        return h.hexdigest()[:16]
+
+    def holdout_mask(self, fraction: float, seed: int) -> torch.Tensor:
+        """[n_rows] bool, True for the held-out rows: `holdout_mask(n_rows, fraction, seed,
+        key=self.split_key)`, the same for every copy of the store."""
+        return holdout_mask(self.n_rows, fraction, seed, key=self.split_key)
+
     def __repr__(self) -> str:
         return f"ActivationStore({str(self.path)!r}, n_rows={self.n_rows}, d_in={self.d_in}, dtype={self.dtype})"
 
@@ -316,10 +365,45 @@ def write_store(path, acts: torch.Tensor, *, labels: torch.Tensor | None = None,
                          label_names=sorted(set(labels.tolist())) if labels is not None else None)
 
 
-def holdout_mask(n_rows: int, fraction: float, seed: int) -> torch.Tensor:
+def holdout_mask(n_rows: int, fraction: float, seed: int, key: str | None = None) -> torch.Tensor:
     """[n_rows] bool, True for the held-out (test) rows: a fixed random `fraction` of the
-    rows, chosen by `seed`. Training skips these rows and eval reads only these by default."""
+    rows, chosen by `seed` and the store's content `key` (ActivationStore.split_key), so every
+    copy of a store splits the same way. Training skips these rows and eval reads only these
+    by default.
+
+    key=None is the split of dictionaries trained before the key existed (their training
+    config records no ``split_key``): chosen by `seed` alone."""
     if not 0 <= fraction < 1:
         raise SaeaseError(f"held-out fraction {fraction}: expected a number in [0, 1)")
-    gen = torch.Generator().manual_seed(int(seed))
+    if key is None:
+        gen_seed = int(seed)
+    else:
+        gen_seed = int.from_bytes(hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()[:8], "little") >> 1
+    gen = torch.Generator().manual_seed(gen_seed)
     return torch.rand(n_rows, generator=gen) < fraction
+
+
+def training_split(store: "ActivationStore", training: dict, recorded_store: str | None = None,
+                   all_rows: bool = False) -> tuple[torch.Tensor | None, str]:
+    """(mask of the rows a dictionary did not train on, or None for every row; "held-out" or
+    "all") for evaluating it on `store`. `training`: the dictionary's training config.
+
+    A dictionary that records ``split_key`` (the trainer records store.split_key): `store` is
+    its training store when its content key is that key, wherever the store now lives, and the
+    held-out rows are `store.holdout_mask(holdout, holdout_seed)`. An older dictionary (no
+    ``split_key``): `store` is its training store when it is the recorded folder
+    (`recorded_store`), and the rows are the seed-only split it trained with. Any other store,
+    or `all_rows`, or no hold-out: every row."""
+    fraction = float(training.get("holdout", 0.0) or 0.0)
+    seed = training.get("holdout_seed", training.get("seed", 0))
+    key = training.get("split_key")
+    if key:
+        same = store.split_key == key
+    else:
+        same = bool(recorded_store) and Path(store.path).resolve() == Path(recorded_store).resolve()
+    if all_rows or not same or fraction <= 0:
+        return None, "all"
+    mask = holdout_mask(store.n_rows, fraction, seed, key=key or None)
+    if not mask.any():
+        raise SaeaseError(f"{store.path}: the held-out split of {store.n_rows} rows is empty; pass --all-rows")
+    return mask, "held-out"

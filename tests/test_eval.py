@@ -127,8 +127,7 @@ def test_top_n_on_held_out_rows_reports_store_rows_tokens_and_context(store, dic
     summary = json.loads(r.stdout)
     assert summary["split"] == "held-out"
     report = json.loads((tmp_path / "rep" / "features.json").read_text())
-    from saease.store import holdout_mask
-    held = holdout_mask(store.n_rows, 0.25, 3)
+    held = store.holdout_mask(0.25, 3)
     assert report["n"] == summary["n"] == int(held.sum())
     d = Dictionary.load(dict_dirs[0])
     x = store.read_all()
@@ -345,3 +344,17 @@ def test_one_line_errors(tmp_path, store, dict_dirs):
     write_store(synthetic, torch.randn(50, 64))
     r = saease("eval", random_dictionary().save(tmp_path / "plain"), "--data", synthetic, "--loss", "--no-progress")
     assert r.returncode == 2 and "records no model" in r.stderr
+
+
+def test_a_copied_store_is_evaluated_on_its_held_out_rows(store, tmp_path):
+    """The split is keyed by content: a copy of the training store is still the training store."""
+    from saease.eval.stream import eval_rows
+
+    copy = ActivationStore(shutil.copytree(store.path, tmp_path / "copied"))
+    d = random_dictionary()
+    d.cfg.source = {"store": str(store.path.resolve()), **store.source}
+    d.cfg.training = {"holdout": 0.25, "holdout_seed": 3, "split_key": store.split_key}
+    mask, split = eval_rows(d, copy)
+    assert split == "held-out" and torch.equal(mask, store.holdout_mask(0.25, 3))
+    d.cfg.training = {"holdout": 0.25, "holdout_seed": 3}  # an older dictionary: the folder decides
+    assert eval_rows(d, copy) == (None, "all") and eval_rows(d, store)[1] == "held-out"

@@ -44,7 +44,8 @@ def _one_thread():
 
 def make_cfg(model, dataset, out, **kw) -> HarvestConfig:
     base = dict(model=model, dataset=dataset, layer=LAYER, context_size=CTX, batch_size=BATCH,
-                shard_rows=SHARD, max_rows=0, dtype="float32", out=str(out), device="cpu")
+                shard_rows=SHARD, max_rows=0, dtype="float32", out=None if out is None else str(out),
+                device="cpu")
     base.update(kw)
     return HarvestConfig(**base)
 
@@ -157,7 +158,8 @@ def test_rows_equal_direct_activations(raw, reference, tiny_pythia, tiny_text_da
     assert src["tokenizer"] == str(Path(tiny_pythia).resolve())
     assert src["processed"] is (not raw) and src["hook"] == f"blocks.{LAYER}.hook_resid_post"
     assert src["layer"] == LAYER and src["context_size"] == CTX and src["text_column"] == "text"
-    assert src["model_class"] == summary["model_class"] == "HookedTransformer"
+    assert src["model_class"] == summary["model_class"] == ("HookedTransformer" if models.has_hooked_transformer()
+                                                            else "TransformerBridge")
     assert src["architecture"] == "GPTNeoXForCausalLM" and src["windows"] == "tokens, documents joined with EOS"
     assert store.manifest["config"]["raw"] is raw
 
@@ -444,12 +446,19 @@ def test_cli_json_and_exit_codes(tiny_pythia, tiny_text_dataset, tmp_path, capsy
 
 
 def test_config_defaults_and_paths():
+    pythia = models.ModelRef("EleutherAI/pythia-70m", "EleutherAI--pythia-70m", encoder=False)
     cfg = HarvestConfig(model="pythia-70m", layer=3)
-    assert cfg.out_path() == Path("activations/pythia-70m/blocks.3.hook_resid_post")
+    assert cfg.out_path(pythia) == Path("activations/EleutherAI--pythia-70m/blocks.3.hook_resid_post")
     assert HarvestConfig().key()["layer"] == 2 and HarvestConfig().dtype == "float16"
     assert HarvestConfig(hook="blocks.4.hook_mlp_out").block == 4
-    assert HarvestConfig(model="EleutherAI/pythia-70m", hook="attn_out").out_path() == \
+    assert HarvestConfig(model="EleutherAI/pythia-70m", hook="attn_out").out_path(pythia) == \
         Path("activations/EleutherAI--pythia-70m/blocks.2.hook_attn_out")
+    assert HarvestConfig(out="x").out_path() == Path("x")  # --out needs no model
+    # --skip-special: on for encoders unless said otherwise, off for causal LMs
+    bert = models.ModelRef("/m/bert", "bert-12345678", encoder=True)
+    assert HarvestConfig().for_model(bert).skip_special is True
+    assert HarvestConfig(skip_special=False).for_model(bert).skip_special is False
+    assert HarvestConfig().for_model(pythia).skip_special is False
     with pytest.raises(SaeaseError, match="block 4, not --layer 1"):
         HarvestConfig(hook="blocks.4.hook_mlp_out", layer=1).validate()
     with pytest.raises(SaeaseError, match="--shard-rows 0"):
@@ -501,3 +510,152 @@ def test_full_hook_name_with_head_dimensions(tiny_pythia, tiny_text_dataset, tmp
     model = models.load_model(tiny_pythia, device="cpu")
     z = models.run_to_hook(model, windows[:BATCH], "blocks.0.attn.hook_z").flatten(2).flatten(0, 1)
     assert torch.equal(store.read_all(), z[:64])
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+
+
+def _copy_model(src, dst: Path, name_or_path: str | None = None) -> str:
+    import shutil
+
+    shutil.copytree(src, dst)
+    if name_or_path is not None:  # as older transformers' save_pretrained recorded it
+        config = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps({**config, "_name_or_path": name_or_path}))
+    return str(dst)
+
+
+def test_default_store_name_is_the_models_not_its_folders(tiny_pythia, tiny_text_dataset, tmp_path, monkeypatch):
+    a = _copy_model(tiny_pythia, tmp_path / "a" / "model")
+    b = _copy_model(tiny_pythia, tmp_path / "b" / "model")
+    hub = _copy_model(tiny_pythia, tmp_path / "c" / "model", name_or_path="EleutherAI/pythia-70m")
+    local = _copy_model(tiny_pythia, tmp_path / "d" / "model", name_or_path="/home/me/ckpt/model")
+    ra, rb = models.identify(a), models.identify(b)
+    assert ra.store_name != rb.store_name and ra.store_name.startswith("model-") and len(ra.store_name) == 14
+    assert models.identify(a) == ra  # stable
+    assert models.identify(hub).store_name == "EleutherAI--pythia-70m"
+    assert models.identify(local).store_name.startswith("model-")  # a recorded path is no name
+
+    monkeypatch.chdir(tmp_path)
+    summaries = [run_harvest(make_cfg(m, tiny_text_dataset, None, max_rows=200)) for m in (a, b)]
+    for ref, summary in zip((ra, rb), summaries):
+        assert summary["store"] == str(Path("activations") / ref.store_name / "blocks.1.hook_resid_post")
+        store = ActivationStore(tmp_path / summary["store"])
+        assert summary["model_name"] == store.model_name == ref.store_name
+        assert store.hook_name == "blocks.1.hook_resid_post"
+        assert store.default_name("sae-topk", 512) == f"{ref.store_name}-blocks.1.hook_resid_post-sae-topk-512"
+    # an older store, without source.model_name, gets the same name from source.model
+    manifest = json.loads((tmp_path / summaries[0]["store"] / "manifest.json").read_text())
+    del manifest["source"]["model_name"]
+    (tmp_path / summaries[0]["store"] / "manifest.json").write_text(json.dumps(manifest))
+    assert ActivationStore(tmp_path / summaries[0]["store"]).model_name == ra.store_name
+
+
+def test_store_of_an_older_harvest_without_the_new_fields_is_still_complete(tiny_pythia, tiny_text_dataset, tmp_path):
+    cfg = make_cfg(tiny_pythia, tiny_text_dataset, tmp_path / "old", max_rows=300)
+    run_harvest(cfg)
+    path = tmp_path / "old" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for k in ("shuffle_windows", "seed"):  # what a store harvested before these flags records
+        del manifest["config"][k]
+    path.write_text(json.dumps(manifest))
+    assert run_harvest(cfg)["status"] == "already complete"
+    with pytest.raises(SaeaseError, match=r"shuffle_windows: None there, True now"):
+        run_harvest(make_cfg(tiny_pythia, tiny_text_dataset, tmp_path / "old", max_rows=300, shuffle_windows=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# values the storage dtype cannot hold
+
+
+@pytest.fixture(scope="module")
+def loud_pythia(tiny_pythia, tmp_path_factory) -> str:
+    """The tiny model with its token embeddings scaled by 1e6: raw residuals past float16's 65,504."""
+    from transformers import GPTNeoXForCausalLM
+
+    path = tmp_path_factory.mktemp("loud")
+    hf = GPTNeoXForCausalLM.from_pretrained(tiny_pythia)
+    with torch.no_grad():
+        hf.gpt_neox.embed_in.weight.mul_(1e6)
+    hf.save_pretrained(path)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny_pythia).save_pretrained(path)
+    return str(path)
+
+
+def test_values_past_float16_are_refused_before_the_cast(loud_pythia, tiny_text_dataset, tmp_path):
+    cfg = make_cfg(loud_pythia, tiny_text_dataset, tmp_path / "h", raw=True, dtype="float16", max_rows=1200)
+    with pytest.raises(SaeaseError) as err:
+        run_harvest(cfg)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("hook blocks.1.hook_resid_post: max |value| ")
+    assert "exceeds float16's range (±65504)" in message
+    assert "--dtype bfloat16 or --dtype float32 --overwrite" in message
+    manifest = json.loads((tmp_path / "h" / "manifest.json").read_text())
+    assert not manifest["complete"] and manifest["shards"] == []  # the first batch already overflows
+    assert not list((tmp_path / "h").glob("shard-*"))
+    with pytest.raises(SaeaseError, match="incomplete"):
+        ActivationStore(tmp_path / "h")
+
+    # what the message says works, and the values are indeed past float16's range
+    summary = run_harvest(make_cfg(loud_pythia, tiny_text_dataset, tmp_path / "h", raw=True, dtype="bfloat16",
+                                   max_rows=1200, overwrite=True))
+    acts = ActivationStore(summary["store"]).read_all()
+    assert summary["dtype"] == "bfloat16" and torch.isfinite(acts).all() and acts.abs().max() > 65504
+    peak = float(message.split("max |value| ")[1].split(" ")[0])
+    assert peak == pytest.approx(float(acts[:BATCH * CTX].abs().max()), rel=1e-2)
+
+
+def test_range_check_names_nan_and_fits():
+    from saease.harvest.loop import StoreRangeCheck
+
+    check = StoreRangeCheck("blocks.0.hook_resid_post", "float16")
+    check(torch.tensor(65504.0))  # the largest float16 passes
+    with pytest.raises(SaeaseError, match=r"blocks.0.hook_resid_post: the model produced NaN"):
+        check(torch.tensor(float("nan")))
+    with pytest.raises(SaeaseError, match=r"produced inf"):
+        StoreRangeCheck("h", "float32")(torch.tensor(float("inf")))
+    with pytest.raises(SaeaseError, match=r"exceeds bfloat16's range.*rerun with --dtype float32 --overwrite"):
+        StoreRangeCheck("h", "bfloat16")(torch.tensor(3.395e38))
+
+
+def test_range_check_counts_only_stored_rows():
+    from saease.harvest.loop import stored_peak
+
+    windows = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 1]])
+    plan = Plan.build(windows, windows != 0, max_rows=5, shard_rows=10, batch_size=2)
+    acts = torch.ones(2, 4, 3)
+    acts[0, 0] = 1e6    # a skipped position (token 0)
+    acts[1, 3] = -7.0   # past max_rows (the 6th kept row)
+    acts[1, 1] = -3.0   # stored
+    assert float(stored_peak(plan, 0, acts)) == 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# --shuffle-windows
+
+
+def test_shuffle_windows_samples_the_whole_corpus(reference, tiny_pythia, tiny_text_dataset, tmp_path):
+    everything = ActivationStore(reference[0].out).contexts()["tokens"]  # every window, in order
+    n = len(everything)
+    first = make_cfg(tiny_pythia, tiny_text_dataset, tmp_path / "first", max_rows=10 * CTX)
+    run_harvest(first)
+    stores = {}
+    for name, seed in (("s0", 0), ("s0again", 0), ("s1", 1)):
+        cfg = make_cfg(tiny_pythia, tiny_text_dataset, tmp_path / name, max_rows=10 * CTX,
+                       shuffle_windows=True, seed=seed)
+        assert run_harvest(cfg)["n_rows"] == 10 * CTX
+        stores[name] = ActivationStore(cfg.out)
+    assert torch.equal(ActivationStore(first.out).contexts()["tokens"], everything[:10])  # the first files only
+    windows = stores["s0"].contexts()["tokens"]
+    # the windows are whole windows of the corpus, drawn by the seeded permutation
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:10]
+    assert torch.equal(windows, everything[order]) and order.max() > n // 2
+    assert torch.equal(windows, stores["s0again"].contexts()["tokens"])
+    assert not torch.equal(windows, stores["s1"].contexts()["tokens"])
+    # and the rows are those windows' activations
+    full = ActivationStore(reference[0].out).read_all().view(n, CTX, -1)
+    assert torch.equal(stores["s0"].read_all(), full[order].flatten(0, 1))
+    assert stores["s0"].source["shuffle_windows"] is True and stores["s0"].manifest["config"]["seed"] == 0

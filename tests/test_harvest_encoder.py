@@ -29,6 +29,13 @@ CTX = 32   # [CLS] + 30 tokens + [SEP]
 BATCH = 4
 SHARD = 500
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# TransformerLens 3.x loads a BERT as a HookedEncoder, whose resid_post is the pre-LN sum and
+# hook_normalized_resid_post the vector passed on; 4.x as a TransformerBridge, whose
+# hook_resid_post already is that vector (HF hidden_states[L + 1]).
+HOOKED = models.has_hooked_transformer()
+ENCODER_CLASS = "HookedEncoder" if HOOKED else "TransformerBridge"
+RESID_POST = "hook_normalized_resid_post" if HOOKED else "hook_resid_post"
+PRE_LN_SUM = "hook_resid_post" if HOOKED else "ln2.hook_in"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -94,6 +101,15 @@ def bert_docs(tmp_path_factory) -> str:
     return str(path)
 
 
+def hooked_points(model) -> dict:
+    return {n: len(hp.fwd_hooks) for n, hp in model.hook_dict.items() if hp.fwd_hooks}
+
+
+def heads(model) -> list:
+    """The modules after the encoder blocks (which of them exist depends on the model class)."""
+    return [getattr(model, n) for n in ("mlm_head", "unembed", "nsp_head", "pooler") if hasattr(model, n)]
+
+
 def make_cfg(model, dataset, out, **kw) -> HarvestConfig:
     base = dict(model=model, dataset=dataset, layer=LAYER, context_size=CTX, batch_size=BATCH,
                 shard_rows=SHARD, max_rows=0, dtype="float32", out=str(out), device="cpu")
@@ -113,7 +129,7 @@ def hf_hidden(model_path, windows: torch.Tensor, index: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def reference(tiny_bert, bert_docs, tmp_path_factory):
     """An uninterrupted single-process float32 harvest of every position, and its config."""
-    cfg = make_cfg(tiny_bert, bert_docs, tmp_path_factory.mktemp("ref") / "store")
+    cfg = make_cfg(tiny_bert, bert_docs, tmp_path_factory.mktemp("ref") / "store", skip_special=False)
     return cfg, run_harvest(cfg)
 
 
@@ -123,21 +139,23 @@ def reference(tiny_bert, bert_docs, tmp_path_factory):
 
 def test_load_bert_as_hooked_encoder(tiny_bert):
     model = models.load_model(tiny_bert, device="cpu")
-    assert models.is_encoder(model) and type(model).__name__ == "HookedEncoder"
+    assert models.is_encoder(model) and type(model).__name__ == ENCODER_CLASS
     loaded = model.loaded
     assert loaded.name == loaded.tokenizer_name_or_path == str(Path(tiny_bert).resolve())
-    assert (loaded.architecture, loaded.model_class, loaded.processed) == ("BertModel", "HookedEncoder", False)
-    assert loaded.absent == ("cls.predictions", "cls.seq_relationship")  # the pooler is in the checkpoint
-    assert model.cfg.n_layers == 2 and model.cfg.d_model == 32 and model.cfg.n_ctx == 64
-    # the absent heads are zeroed (deterministic), the unembedding stays tied to the embedding
-    assert not model.mlm_head.W.any() and not model.nsp_head.W.any() and model.pooler.W.any()
-    torch.testing.assert_close(model.unembed.W_U, model.embed.embed.W_E.T)
+    assert (loaded.architecture, loaded.model_class, loaded.processed) == ("BertModel", ENCODER_CLASS, False)
+    assert loaded.encoder and model.cfg.n_layers == 2 and model.cfg.d_model == 32 and model.cfg.n_ctx == 64
+    if HOOKED:
+        assert loaded.absent == ("cls.predictions", "cls.seq_relationship")  # the pooler is in the checkpoint
+        # the absent heads are zeroed (deterministic), the unembedding stays tied to the embedding
+        assert not model.mlm_head.W.any() and not model.nsp_head.W.any() and model.pooler.W.any()
+        torch.testing.assert_close(model.unembed.W_U, model.embed.embed.W_E.T)
     # hook names: resid_post is the vector passed to the next block (after the block's last LN)
-    assert models.hook_name(model, 1, "resid_post") == "blocks.1.hook_normalized_resid_post"
-    assert models.hook_name(model, 0, "hook_resid_post") == "blocks.0.hook_normalized_resid_post"
+    assert models.hook_name(model, 1, "resid_post") == f"blocks.1.{RESID_POST}"
+    assert models.hook_name(model, 0, "hook_resid_post") == f"blocks.0.{RESID_POST}"
     assert models.hook_name(model, 1, "resid_pre") == "blocks.1.hook_resid_pre"
     assert models.hook_name(model, 0, "mlp_out") == "blocks.0.hook_mlp_out"
-    assert models.hook_name(model, 1, "blocks.1.hook_resid_post") == "blocks.1.hook_resid_post"  # pre-LN sum
+    assert models.hook_name(model, 1, f"blocks.1.{PRE_LN_SUM}") == f"blocks.1.{PRE_LN_SUM}"  # a full name: as is
+    assert models.expected_hook_name(1, "resid_post", encoder=True) == f"blocks.1.{RESID_POST}"
     with pytest.raises(SaeaseError, match=r"layer 2 is out of range.*0\.\.1"):
         models.hook_name(model, 2, "resid_post")
     with pytest.raises(SaeaseError, match="unknown hook 'resid_foo'"):
@@ -156,21 +174,22 @@ def test_hooks_equal_hf_hidden_states(tiny_bert):
         assert post.shape == (3, 20, 32) and post.dtype == torch.float32
         torch.testing.assert_close(post, hidden[layer + 1], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(pre, hidden[layer], rtol=1e-5, atol=1e-5)
-    # TransformerLens's hook_resid_post in a BERT is the sum before the last LayerNorm: not the same
-    sum_ = models.run_to_hook(model, tokens, "blocks.0.hook_resid_post")
+    # the sum before the block's last LayerNorm (HookedEncoder's hook_resid_post): not the same
+    sum_ = models.run_to_hook(model, tokens, f"blocks.0.{PRE_LN_SUM}")
     assert (sum_ - hidden[1]).abs().max() > 0.1
 
 
 def test_run_to_hook_stops_after_the_hook(tiny_bert):
     model = models.load_model(tiny_bert, device="cpu")
+    before = hooked_points(model)
     fired = []
-    later = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.1.hook_normalized_resid_post"]
+    later = [f"blocks.0.{PRE_LN_SUM}", "blocks.1.hook_resid_pre", f"blocks.1.{RESID_POST}"]
     with model.hooks(fwd_hooks=[(h, lambda act, hook: fired.append(hook.name)) for h in later]):
-        for mod in (model.mlm_head, model.unembed, model.nsp_head, model.pooler):
+        for mod in heads(model):
             mod.register_forward_pre_hook(lambda *_: fired.append("head"))
         models.run_to_hook(model, torch.zeros(2, 5, dtype=torch.long), "blocks.0.hook_mlp_out")
     assert fired == []
-    assert not any(hp.fwd_hooks for hp in model.hook_dict.values())
+    assert hooked_points(model) == before  # ours are gone (a bridge keeps its own internal ones)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,15 +201,16 @@ def test_rows_equal_hf_hidden_states(reference, tiny_bert):
     store = ActivationStore(cfg.out)
     acts, cols = store.read_all(columns=True)
     windows = store.contexts()["tokens"].long()
-    assert summary["status"] == "complete" and summary["model_class"] == "HookedEncoder"
-    assert summary["hook"] == f"blocks.{LAYER}.hook_normalized_resid_post" and summary["weights"] == "raw"
+    assert summary["status"] == "complete" and summary["model_class"] == ENCODER_CLASS
+    assert summary["hook"] == f"blocks.{LAYER}.{RESID_POST}" and summary["weights"] == "raw"
     assert store.n_rows == windows.numel() > 3 * SHARD and store.d_in == 32
     torch.testing.assert_close(acts, hf_hidden(tiny_bert, windows, LAYER + 1).flatten(0, 1),
                                rtol=1e-5, atol=1e-5)
     assert torch.equal(cols["tokens"].long(), windows[cols["seq"].long(), cols["pos"].long()])
     src = store.source
-    assert (src["model_class"], src["architecture"], src["processed"]) == ("HookedEncoder", "BertModel", False)
-    assert src["absent_weights_zeroed"] == ["cls.predictions", "cls.seq_relationship"]
+    assert (src["model_class"], src["architecture"], src["processed"], src["encoder"]) == (ENCODER_CLASS, "BertModel", False, True)
+    if HOOKED:
+        assert src["absent_weights_zeroed"] == ["cls.predictions", "cls.seq_relationship"]
     assert src["windows"].startswith("[CLS] + tokens + [SEP]") and "hidden_states[layer + 1]" in src["weights"]
     assert src["layer"] == LAYER and src["tokenizer"] == str(Path(tiny_bert).resolve())
 
@@ -212,11 +232,13 @@ def test_windows_are_cls_tokens_sep(reference, tiny_bert, bert_docs):
     assert tok.unk_token_id in stream
 
 
-def test_skip_special_drops_cls_sep_keeps_unk(tiny_bert, bert_docs, tmp_path):
+def test_skip_special_is_the_encoder_default_drops_cls_sep_keeps_unk(tiny_bert, bert_docs, tmp_path):
     from transformers import AutoTokenizer
 
-    cfg = make_cfg(tiny_bert, bert_docs, tmp_path / "s", layer=0, skip_special=True, max_rows=1200)
+    cfg = make_cfg(tiny_bert, bert_docs, tmp_path / "s", layer=0, max_rows=1200)  # no --skip-special
+    assert cfg.skip_special is None
     summary = run_harvest(cfg)
+    assert ActivationStore(cfg.out).manifest["config"]["skip_special"] is True
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     store = ActivationStore(cfg.out)
     acts, cols = store.read_all(columns=True)
@@ -243,7 +265,7 @@ def test_nothing_after_the_hooked_layer_runs(tiny_bert, bert_docs, tmp_path, mon
         def boom(*_):
             raise AssertionError("something after the hooked layer ran")
 
-        for mod in (*model.blocks[1:], model.mlm_head, model.unembed, model.nsp_head, model.pooler):
+        for mod in (*model.blocks[1:], *heads(model)):
             mod.register_forward_pre_hook(boom)
         return model
 
@@ -253,7 +275,7 @@ def test_nothing_after_the_hooked_layer_runs(tiny_bert, bert_docs, tmp_path, mon
 
 def test_sigkill_then_rerun_and_two_ranks_are_byte_identical(reference, tmp_path):
     ref_cfg, _ = reference
-    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "killed")
+    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "killed", skip_special=False)
     assert run_forked(cfg, [{hwriter.KILL_ENV: "1"}]) == [-9]
     assert [s["file"] for s in json.loads((tmp_path / "killed" / "manifest.json").read_text())["shards"]] \
         == ["shard-00000.safetensors"]
@@ -261,7 +283,7 @@ def test_sigkill_then_rerun_and_two_ranks_are_byte_identical(reference, tmp_path
     assert summary["status"] == "complete (resumed)" and summary["shards_reused"] == 1
     assert shard_bytes(cfg.out) == shard_bytes(ref_cfg.out)
 
-    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "dist")
+    cfg = make_cfg(ref_cfg.model, ref_cfg.dataset, tmp_path / "dist", skip_special=False)
     port = str(free_port())
     envs = [dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in range(2)]
@@ -291,8 +313,8 @@ def test_cli_json(tiny_bert, bert_docs, tmp_path, capsys):
             "--max-rows", "100", "--skip-special", "--device", "cpu", "--out", str(tmp_path / "c"), "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["n_rows"] == 100 and summary["hook"] == "blocks.0.hook_normalized_resid_post"
-    assert summary["model_class"] == "HookedEncoder" and summary["dtype"] == "float16"
+    assert summary["n_rows"] == 100 and summary["hook"] == f"blocks.0.{RESID_POST}"
+    assert summary["model_class"] == ENCODER_CLASS and summary["dtype"] == "float16"
 
 
 # ---------------------------------------------------------------------------------------------

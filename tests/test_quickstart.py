@@ -73,9 +73,9 @@ def test_quickstart_runs_end_to_end_and_reports_loss_recovered(tmp_path):
 
 
 def test_quickstart_hub_model_fails_fast_offline(tmp_path, monkeypatch):
-    from saease.models import _cached_snapshot
+    from saease.models import cached_snapshot
 
-    if _cached_snapshot("EleutherAI/pythia-70m") is not None:
+    if cached_snapshot("EleutherAI/pythia-70m") is not None:
         pytest.skip("pythia-70m is in the local Hugging Face cache")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = run_cli("quickstart", "--model", "pythia-70m", "--quick", "--out", tmp_path / "q", "--no-progress")

@@ -60,6 +60,55 @@ def test_holdout_mask_is_fixed_by_seed():
     a, b = holdout_mask(10_000, 0.1, 3), holdout_mask(10_000, 0.1, 3)
     assert torch.equal(a, b) and not torch.equal(a, holdout_mask(10_000, 0.1, 4))
     assert 0.08 < a.float().mean() < 0.12
+    # key=None is the seed-only split of dictionaries trained before split keys
+    gen = torch.Generator().manual_seed(3)
+    assert torch.equal(a, torch.rand(10_000, generator=gen) < 0.1)
+    k = holdout_mask(10_000, 0.1, 3, key="abc")
+    assert torch.equal(k, holdout_mask(10_000, 0.1, 3, key="abc")) and not torch.equal(k, a)
+    assert not torch.equal(k, holdout_mask(10_000, 0.1, 3, key="abd"))
+
+
+def test_split_is_keyed_by_content_so_a_moved_or_copied_store_keeps_it(tmp_path):
+    import shutil
+
+    from saease.store import training_split
+
+    torch.manual_seed(0)
+    x = torch.randn(1000, 4)
+    store = write_store(tmp_path / "a" / "store", x, shard_rows=300)
+    copy = ActivationStore(shutil.copytree(tmp_path / "a" / "store", tmp_path / "b" / "elsewhere"))
+    moved = ActivationStore((tmp_path / "a" / "store").rename(tmp_path / "moved"))
+    other = write_store(tmp_path / "other", x + 1, shard_rows=300)
+    assert store.split_key == copy.split_key == moved.split_key != other.split_key
+    assert len(store.split_key) == 16
+    assert torch.equal(store.holdout_mask(0.2, 5), copy.holdout_mask(0.2, 5))
+    assert torch.equal(copy.holdout_mask(0.2, 5), holdout_mask(1000, 0.2, 5, key=store.split_key))
+
+    # a dictionary that records the key: its training store is found by content, wherever it is
+    training = {"holdout": 0.2, "holdout_seed": 5, "split_key": store.split_key}
+    for s in (copy, moved):
+        mask, split = training_split(s, training, recorded_store=str(tmp_path / "a" / "store"))
+        assert split == "held-out" and torch.equal(mask, store.holdout_mask(0.2, 5))
+    assert training_split(other, training, str(tmp_path / "other")) == (None, "all")
+    assert training_split(copy, training, all_rows=True) == (None, "all")
+    # an older dictionary (no key): the recorded folder, and the seed-only split it trained with
+    legacy = {"holdout": 0.2, "holdout_seed": 5}
+    mask, split = training_split(copy, legacy, recorded_store=str(copy.path))
+    assert split == "held-out" and torch.equal(mask, holdout_mask(1000, 0.2, 5))
+    assert training_split(copy, legacy, recorded_store=str(tmp_path / "gone")) == (None, "all")
+
+
+def test_store_names_for_the_trainer(tmp_path):
+    synthetic = write_store(tmp_path / "synth", torch.randn(10, 3))
+    assert synthetic.model_name is None and synthetic.hook_name is None
+    assert synthetic.default_name("vaease", 64) == "synth-vaease-64"
+    hub = write_store(tmp_path / "hub", torch.randn(10, 3),
+                      source={"model": "EleutherAI/pythia-70m", "hook": "blocks.2.hook_resid_post"})
+    assert hub.model_name == "EleutherAI--pythia-70m" and hub.hook_name == "blocks.2.hook_resid_post"
+    assert hub.default_name("sae-topk", 512) == "EleutherAI--pythia-70m-blocks.2.hook_resid_post-sae-topk-512"
+    gone = write_store(tmp_path / "gone", torch.randn(10, 3), source={"model": "/no/such/model", "hook": "h"})
+    also = write_store(tmp_path / "also", torch.randn(10, 3), source={"model": "/other/model", "hook": "h"})
+    assert gone.model_name.startswith("model-") and gone.model_name != also.model_name
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".pt", ".safetensors"])

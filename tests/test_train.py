@@ -71,10 +71,11 @@ def test_train_with_no_arguments_uses_the_newest_store(tmp_path, monkeypatch, ca
         (2048, 0.005, 35, 5, 2, 0.1, 0)
     assert summary["steps"] == 35  # 540 training rows: one batch per epoch
     # normalization: a fixed mean norm, estimated from the store and recorded
-    x = new.read_all()[~holdout_mask(new.n_rows, 0.1, 0)]
+    x = new.read_all()[~new.holdout_mask(0.1, 0)]  # the split is keyed by the store's content
     assert t["normalization"]["target_mean_norm"] == pytest.approx(4.0)
     assert cfg["input_scale"] == pytest.approx(4.0 / x.norm(dim=-1).mean().item(), rel=1e-5)
-    assert summary["n"] == int(holdout_mask(new.n_rows, 0.1, 0).sum())  # metrics on the held-out rows
+    assert summary["n"] == int(new.holdout_mask(0.1, 0).sum())  # metrics on the held-out rows
+    assert summary["store"] == str(new.path) and t["split_key"] == new.split_key
 
 
 def test_reported_re_is_in_the_stores_units(tmp_path):

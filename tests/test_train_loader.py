@@ -37,7 +37,7 @@ def loader(store, **kw):
 
 def test_every_training_row_once_per_epoch_and_no_heldout_row(store):
     b = loader(store)
-    test = holdout_mask(store.n_rows, 0.1, 3)
+    test = store.holdout_mask(0.1, 3)
     train_ids = sorted((~test).nonzero().flatten().tolist())
     for epoch in range(2):
         batches = [x for x in b.batches(epoch + 1, start_epoch=epoch) if x.epoch == epoch]
@@ -112,4 +112,4 @@ def test_sample_spreads_over_shards_and_skips_heldout_rows(store):
     x = b.sample(max_rows=200, max_shards=4)
     rows = x[:, 0].long()
     assert 150 <= len(x) <= 200 and len({int(r) // 100 for r in rows}) == 4
-    assert not holdout_mask(store.n_rows, 0.1, 3)[rows].any()
+    assert not store.holdout_mask(0.1, 3)[rows].any()

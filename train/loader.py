@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saease.store import ActivationStore, holdout_mask
+from saease.store import ActivationStore
 
 
 @dataclass
@@ -68,7 +68,7 @@ class ShuffledBatches:
         self.prefetch = max(1, prefetch)
         self.dtype = dtype  # of the batches handed out (None: the store's own)
         self.pin_memory = pin_memory
-        test = holdout_mask(store.n_rows, holdout, seed)
+        test = store.holdout_mask(holdout, seed)
         self.offsets = store.shard_offsets
         # Per shard, the local indices of its training rows (int32: 4 bytes a row).
         self.train_index = [(~test[self.offsets[i]:self.offsets[i + 1]]).nonzero().flatten().to(torch.int32)

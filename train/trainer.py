@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shlex
 import signal
 import time
@@ -28,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from saease.dictionary import Dictionary, config_from_dict
 from saease.errors import SaeaseError
 from saease.metrics import evaluate
-from saease.store import ActivationStore, holdout_mask, newest_store
+from saease.store import ActivationStore, newest_store
 from saease.train import checkpoint
 from saease.train.config import TrainConfig
 from saease.train.devices import Processes, pick_device, start
@@ -106,7 +105,8 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         scale = math.sqrt(store.d_in) / store_norm if cfg.normalize else 1.0
         dict_cfg = replace(cfg.dictionary, d_in=store.d_in, input_scale=scale,
                            source={"store": str(store.path.resolve()), **store.source},
-                           training={**run_record(cfg), "holdout_seed": cfg.seed, "normalization": {
+                           training={**run_record(cfg), "holdout_seed": cfg.seed, "split_key": store.split_key,
+                                     "normalization": {
                                "target_mean_norm": math.sqrt(store.d_in) if cfg.normalize else None,
                                "store_mean_norm": store_norm, "rows_sampled": len(sample)}})
     else:
@@ -232,13 +232,9 @@ def open_store(data: str | None) -> ActivationStore:
 
 
 def default_out(store: ActivationStore, cfg: TrainConfig) -> Path:
-    """dictionaries/<model>-<hook>-<kind>-<κ> for a harvested store (its model and hook, never a
-    folder's name alone); dictionaries/<store folder>-<kind>-<κ> for a store with no model."""
-    source = store.source
-    parts = [str(source["model"]), str(source.get("hook") or store.path.name)] if source.get("model") \
-        else [store.path.name]
-    name = "-".join([*parts, cfg.kind, str(cfg.dictionary.d_latent)])
-    return Path("dictionaries") / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    """dictionaries/<model>-<hook>-<kind>-<κ> for a harvested store (its model's real name and
+    hook, never a folder's name alone); dictionaries/<store folder>-<kind>-<κ> for one without."""
+    return Path("dictionaries") / store.default_name(cfg.kind, cfg.dictionary.d_latent)
 
 
 def prepare_out(out: Path, *, resuming: bool, overwrite: bool) -> bool:
@@ -342,7 +338,7 @@ class LossOf(torch.nn.Module):
 
 def heldout_batches(store: ActivationStore, fraction: float, seed: int, batch_size: int = 8192):
     """(acts, labels) batches of the held-out rows, shard by shard, for `evaluate`."""
-    test = holdout_mask(store.n_rows, fraction, seed)
+    test = store.holdout_mask(fraction, seed)
     offsets = store.shard_offsets
     for i, shard in enumerate(store.iter_shards()):
         rows = test[offsets[i]:offsets[i + 1]] if fraction > 0 else torch.ones(len(shard.acts), dtype=torch.bool)
