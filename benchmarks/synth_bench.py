@@ -2,7 +2,7 @@
 
 Runs in the SAELens environment (`.ci/saelens.sh` builds it):
 
-    python benchmarks/synth_bench.py                 # full: 512 features in d = 64, ~15 min on 1 core
+    python benchmarks/synth_bench.py                 # full: 512 features in d = 64, ~4 min on 1 core
     python benchmarks/synth_bench.py --quick         # CI smoke size, well under a minute
 
 Data: SAELens's own generator, `sae_lens.synthetic.SyntheticModel`, with the SynthSAEBench
