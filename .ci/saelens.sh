@@ -18,7 +18,7 @@ PY
 # -rs lists skips; a skipped sae_lens test here would mean the install above failed.
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-"$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider tests/test_saelens.py tests/test_saelens_format.py tests/test_lens.py \
+"$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider tests/test_saelens.py tests/test_saelens_format.py tests/test_lens.py tests/test_synth_bench.py \
     2>&1 | tee "$log"
 if grep -q "SKIPPED" "$log"; then
     echo "saelens.sh: sae_lens tests were skipped in the sae-lens environment" >&2
