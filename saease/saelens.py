@@ -226,7 +226,7 @@ def import_saelens(path: str | Path) -> Dictionary:
     if sae.architecture == "jumprelu":
         threshold = w.pop("threshold")
         if kind == "sae-jumprelu":
-            w["log_threshold"] = threshold.log()
+            w["threshold"] = threshold
 
     meta = sae.metadata
     hook = meta.get("hook_name")

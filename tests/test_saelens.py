@@ -44,8 +44,8 @@ def make(kind: str, scale: float, seed: int = 0, model: str = "tiny") -> Diction
                 getattr(d, name).normal_(0, 0.3)
         if hasattr(d, "W_sig"):
             d.W_sig.normal_(0, 0.5 / scale)
-        if hasattr(d, "log_threshold"):
-            d.log_threshold.normal_(-1.5, 0.5)
+        if d.kind == "sae-jumprelu":
+            d.threshold.copy_(torch.randn(d.cfg.d_latent).mul(0.5).add(-1.5).exp())
         if kind in ("sae-batchtopk", "sae-matryoshka"):
             d.threshold.fill_(0.2)  # as if trained
     return d
