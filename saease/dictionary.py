@@ -203,6 +203,10 @@ class Dictionary(nn.Module):
         self.cfg = cfg
         # Sums a small tensor over training processes in place (set by the trainer under torchrun).
         self.all_reduce: Callable[[Tensor], Tensor] | None = None
+        # How far training has got, step / total steps (the trainer sets it before each step), for
+        # kinds whose loss follows a schedule; 1 outside training. A tensor, so torch.compile
+        # does not specialise on its value.
+        self.register_buffer("progress", torch.tensor(1.0), persistent=False)
         d_in, d_latent = cfg.d_in, cfg.d_latent
 
         # Encoder trunk: the synthetic experiments' deeper encoders (Swish MLP, hidden 2κ), or

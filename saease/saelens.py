@@ -145,6 +145,7 @@ class SAELensSAE:
     k: int | None
     rescale_acts_by_decoder_norm: bool
     metadata: dict = field(default_factory=dict)
+    code: str = "soft"  # saease-vaease: exact or soft inference code (folders before it: soft)
 
 
 def read_saelens_cfg(path: Path) -> SAELensSAE:
@@ -173,6 +174,7 @@ def read_saelens_cfg(path: Path) -> SAELensSAE:
                           normalize_activations=norm, activation_fn=activation,
                           k=None if k is None else int(k),
                           rescale_acts_by_decoder_norm=bool(raw.get("rescale_acts_by_decoder_norm", False)),
+                          code=str(raw.get("code", "soft")),
                           metadata=meta)
     except KeyError as err:
         raise SaeaseError(f"{path / CFG_FILE}: missing field {err.args[0]!r} (d_in and d_sae are required)") from None
@@ -235,6 +237,8 @@ def import_saelens(path: str | Path) -> Dictionary:
               "saelens": {"path": str(path.resolve()), "architecture": sae.architecture,
                           "model_from_pretrained_kwargs": meta.get("model_from_pretrained_kwargs")}}
     knobs: dict = {"k": sae.k} if sae.architecture == "topk" else {}
+    if sae.architecture == "saease-vaease":
+        knobs["code"] = sae.code
     cfg = make_config(kind, d_latent=sae.d_sae, **knobs)
     cfg = replace(cfg, d_in=sae.d_in, source={k: v for k, v in source.items() if v is not None},
                   training={"imported_from": "sae_lens"})

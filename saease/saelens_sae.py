@@ -15,7 +15,8 @@ W_enc, b_enc (mean head), W_sig, b_sig (spread head), W_dec, b_dec. They encode
     μ = ReLU(x W_enc + b_enc)     σ² = spread(x W_sig + b_sig)     code = inference_code(μ, σ²)
 
 where `spread` and the kind's `inference_code` come from saease/kinds/, so the SAELens code is
-saease's by construction ((1 − σ) ⊙ μ for VAEase, μ for the VAE). `hook_sae_acts_pre` shows
+saease's by construction ((1 − σ) ⊙ μ for VAEase, zero outside the active set with its default
+`code: exact`; μ for the VAE). `hook_sae_acts_pre` shows
 the mean head's pre-activation, `hook_sae_var` σ² (what AD reads), `hook_sae_acts_post` the code.
 """
 
@@ -59,7 +60,8 @@ class VariationalSAE(SAE):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         mu, var = self.heads(x)
-        return self.hook_sae_acts_post(kind_class(self.kind).inference_code(mu, var))
+        exact = getattr(self.cfg, "code", "soft") == "exact"
+        return self.hook_sae_acts_post(kind_class(self.kind).inference_code(mu, var, exact=exact))
 
     def variance(self, x: torch.Tensor) -> torch.Tensor:
         """σ² per latent (small = active), which saease's AD reads."""
@@ -73,6 +75,10 @@ class VariationalSAE(SAE):
 
 @dataclass
 class VAEaseSAEConfig(SAEConfig):
+    # exact: latents outside the active set are zero (what saease writes by default); soft: the
+    # paper's code (and that of folders written before the field existed)
+    code: str = "soft"
+
     @classmethod
     def architecture(cls) -> str:
         return "saease-vaease"

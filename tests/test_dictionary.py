@@ -8,6 +8,7 @@ import torch
 
 from saease import Dictionary, SaeaseError, kind_names, make_config
 from saease.kinds.variational import gaussian_nll, kl_divergence
+from saease.metrics import active_mask
 
 PAPER_KNOBS = {"sae-l1": dict(lambda1=0.3, lambda2=0.2), "sae-log": dict(lambda1=0.3, lambda2=0.2),
                "sae-topk": dict(k=2, aux_coef=0.0), "sae-batchtopk": dict(k=2), "sae-matryoshka": dict(k=2)}
@@ -66,6 +67,18 @@ def test_vae_loss_terms_by_hand(kind):
     assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
 
 
+def test_kl_warms_up_over_the_first_fraction_of_training():
+    d = make("vaease", kl_warmup=0.1)
+    x = torch.randn(4, 6)
+    full = d.loss(x, generator=torch.Generator().manual_seed(0))
+    d.progress.fill_(0.05)  # halfway through the warm-up
+    half = d.loss(x, generator=torch.Generator().manual_seed(0))
+    assert half["kl_weight"].item() == pytest.approx(0.5)
+    assert half["loss"].item() == pytest.approx((full["nll"] + 0.5 * full["kl"]).item(), rel=1e-5)
+    assert full["loss"].item() == pytest.approx((full["nll"] + full["kl"]).item(), rel=1e-5)
+    assert make("vaease", kl_warmup=0.0).kl_weight().item() == 1.0
+
+
 def test_optimal_gamma_is_the_batch_mse_per_coordinate_with_a_floor():
     d = make("vaease")
     sq = torch.tensor([6.0, 12.0])
@@ -75,9 +88,13 @@ def test_optimal_gamma_is_the_batch_mse_per_coordinate_with_a_floor():
 
 def test_deterministic_codes():
     x = torch.randn(3, 6)
-    vaease = make("vaease")
-    enc = vaease.encoder_output(x)
-    assert torch.allclose(vaease.encode(x), (1 - enc.var.sqrt()) * torch.relu(enc.pre))
+    soft = make("vaease", code="soft")
+    enc = soft.encoder_output(x)
+    assert torch.allclose(soft.encode(x), (1 - enc.var.sqrt()) * torch.relu(enc.pre))
+    exact = make("vaease")  # the default: zero outside each row's active set, so L0 = AD's count
+    active = active_mask(enc.var.log(), True)
+    assert torch.allclose(exact.encode(x), (1 - enc.var.sqrt()) * torch.relu(enc.pre) * active)
+    assert ((exact.encode(x) != 0).sum(-1) <= active.sum(-1)).all()
     vae = make("vae")
     assert torch.allclose(vae.encode(x), torch.relu(vae.encoder_output(x).pre))
     topk = make("sae-topk")

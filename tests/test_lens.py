@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from saease.dictionary import Dictionary, make_config
+from saease.metrics import active_mask
 from saease.errors import SaeaseError
 from saease.lens import (DictionaryModelWarning, HookedDictionary, decoder_direction, feature_acts,
                          splice, steer, top_activations)
@@ -132,7 +133,9 @@ def test_vaease_exposes_mean_variance_and_gated_code(hooked, tokens):
         _, cache = hooked.run_with_cache(tokens, names_filter=lambda n: "hook_sae" in n)
     mu, var, code = (cache[f"{HOOK}.hook_sae_{n}"] for n in ("acts_pre", "var", "acts_post"))
     assert ((var > 0) & (var < 1)).all()
-    torch.testing.assert_close(code, (1 - var.sqrt()) * mu.relu())  # acts_pre: the mean head before its ReLU
+    # acts_pre: the mean head before its ReLU; the exact code zeroes what is outside the active set
+    active = active_mask(var.log().flatten(0, -2), True).view_as(var)
+    torch.testing.assert_close(code, (1 - var.sqrt()) * mu.relu() * active)
     torch.testing.assert_close(code, d.encode(cache[f"{HOOK}.hook_sae_input"]).detach())
 
 

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from saease.dictionary import Dictionary
+from saease.metrics import active_mask
 from saease.errors import SaeaseError
 from saease.saelens import add_arguments, export_saelens, import_saelens, load_any, run
 
@@ -72,6 +73,8 @@ def saelens_math(folder, x):
     if arch == "saease-vaease":
         var = torch.sigmoid(x @ w["W_sig"] + w["b_sig"]).clamp_min(1e-7)
         z = (1 - var.sqrt()) * z
+        if cfg.get("code", "soft") == "exact":  # zero outside the two-means active set of log σ²
+            z = z * active_mask(var.log(), True)
     return z, z @ w["W_dec"] + w["b_dec"]
 
 

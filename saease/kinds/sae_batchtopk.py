@@ -3,7 +3,7 @@ over the whole batch of B rows (so rows share a budget of k on average, not k ea
 inference a single learned threshold θ replaces the batch: ẑ = ReLU(pre) where pre > θ.
 
 θ is estimated during training, as dictionary_learning does: each step's smallest kept
-activation, averaged with an exponential moving average (decay `threshold_decay`). Decoder rows
+activation, averaged with an exponential moving average (decay `threshold_decay`, 0.99 as in SAELens). Decoder rows
 are unit norm; dead latents get the auxiliary-k loss (see sae_topk). In SAELens's format it is a
 JumpReLU SAE with every threshold θ.
 """
@@ -22,7 +22,7 @@ from saease.kinds.sae_topk import SparseCode, TopKConfig, TopKSAE
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
-    threshold_decay: float = knob(0.999, "EMA decay of the inference threshold's estimate")
+    threshold_decay: float = knob(0.99, "EMA decay of the inference threshold's estimate (SAELens: 1 − topk_threshold_lr = 0.99)")
 
     def __post_init__(self):
         super().__post_init__()

@@ -32,6 +32,8 @@ class VariationalConfig(DictionaryConfig):
     gamma_floor: float = knob(1e-6, "lower bound on γ, in normalized units")
     log_gamma_init: float = knob(0.0, "initial log γ (learned mode)")
     sigma_init: float = knob(0.5, "the σ² every latent starts at (b_sig = logit(sigma_init))")
+    kl_warmup: float = knob(0.02, "fraction of training over which the KL's weight ramps from 0 to 1 "
+                            "(0: full weight from the first step)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -39,6 +41,8 @@ class VariationalConfig(DictionaryConfig):
             raise SaeaseError(f"--sigma-init {self.sigma_init}: expected the initial σ², in (0, 1)")
         if self.gamma_floor <= 0:
             raise SaeaseError(f"--gamma-floor {self.gamma_floor}: expected a value > 0")
+        if not 0 <= self.kl_warmup <= 1:
+            raise SaeaseError(f"--kl-warmup {self.kl_warmup}: expected a fraction of training in [0, 1]")
 
     @property
     def deep_encoder(self) -> bool:
@@ -145,14 +149,26 @@ class VariationalDictionary(Dictionary):
         return 1 - var.sqrt() if cls.gate_is_one_minus_sigma else None
 
     @classmethod
-    def inference_code(cls, mu: Tensor, var: Tensor) -> Tensor:
+    def inference_code(cls, mu: Tensor, var: Tensor, exact: bool = False) -> Tensor:
         """The deterministic code from μ and σ²: the one definition of the kind's inference
-        code, which saease.saelens_sae's SAELens classes call too."""
+        code, which saease.saelens_sae's SAELens classes call too. `exact`: zero the latents
+        outside each input's active set (the two-means split of log σ² that AD counts)."""
         gate = cls.gate(var)
-        return mu if gate is None else gate * mu
+        code = mu if gate is None else gate * mu
+        if exact:
+            from saease.metrics import active_mask
+
+            log_var = var.log()
+            code = code * active_mask(log_var.reshape(-1, log_var.shape[-1]), True).view_as(code)
+        return code
+
+    @property
+    def exact_code(self) -> bool:
+        """Whether `encode` zeroes the inactive latents (VAEase's `--code exact`)."""
+        return False
 
     def code_from(self, enc):
-        return self.inference_code(self.mean(enc), enc.var)
+        return self.inference_code(self.mean(enc), enc.var, exact=self.exact_code)
 
     def activity(self, enc):
         return enc.var.log()  # small = active
@@ -172,6 +188,15 @@ class VariationalDictionary(Dictionary):
             "W_dec": self.W_dec / s, "b_dec": self.b_dec / s}
 
     # ---- training -------------------------------------------------------------------------
+
+    def kl_weight(self) -> Tensor:
+        """β of the KL term: min(1, progress / kl_warmup), a linear warm-up over the first
+        `kl_warmup` of training. Without it, on normalized inputs, both the NLL and the KL push
+        every gate shut (σ² → 1) within the first tens of steps, before the mean head and the
+        decoder carry any signal, and a shut gate gets almost no gradient back (docs/kinds.md)."""
+        if self.cfg.kl_warmup == 0:
+            return torch.ones((), device=self.progress.device)
+        return (self.progress / self.cfg.kl_warmup).clamp(0, 1)
 
     def gamma(self, sq: Tensor | None = None) -> Tensor:
         """γ: the global batch's optimal γ* = mean ‖x − x̂‖²/d (detached) in "optimal" mode,
@@ -202,5 +227,7 @@ class VariationalDictionary(Dictionary):
         sq = sq_err(self.decode_scaled(z), x)
         gamma = self.gamma(sq)
         nll = gaussian_nll(sq, gamma, self.cfg.d_in).mean()
-        return {"loss": nll + kl, "mse": sq.mean(), "nll": nll, "kl": kl, "gamma": gamma.detach(),
+        beta = self.kl_weight()
+        return {"loss": nll + beta * kl, "mse": sq.mean(), "nll": nll, "kl": kl, "kl_weight": beta.detach(),
+                "gamma": gamma.detach(),
                 "fired": mu_pos.any(0) if not self.cfg.deep_encoder else None}
