@@ -1,4 +1,4 @@
-"""The real-activation study's benchmark pieces (benchmarks/minilm_pareto.py, realacts/extract_minilm.py)."""
+"""The real-activation benchmarks (benchmarks/minilm_pareto.py, lm_frontier.py, realacts/extract_minilm.py)."""
 
 import importlib.util
 import json
@@ -26,32 +26,43 @@ pareto = load("benchmarks/minilm_pareto.py")
 
 
 def test_frontier_interpolates_the_lower_left_hull():
-    pts = [{"ad": 2, "re": 50}, {"ad": 10, "re": 30}, {"ad": 6, "re": 60}, {"ad": 20, "re": 20}]
+    pts = [{"l0": 2, "re": 50}, {"l0": 10, "re": 30}, {"l0": 6, "re": 60}, {"l0": 20, "re": 20}]
     assert pareto.frontier_at(pts, 6) == pytest.approx(40)  # (6, 60) is dominated, not on the frontier
     assert pareto.frontier_at(pts, 15) == pytest.approx(25)
     assert pareto.frontier_at(pts, 30) == 20
     assert pareto.frontier_at(pts, 1) is None
+    up = [{"l0": 2, "lr": 0.5}, {"l0": 10, "lr": 0.9}, {"l0": 6, "lr": 0.4}]  # higher is better
+    assert pareto.frontier_at(up, 6, "l0", "lr", True) == pytest.approx(0.7)
+    assert pareto.frontier_at(up, 40, "l0", "lr", True) == pytest.approx(0.9)
+
+
+def test_verdicts_compare_at_vaeases_l0():
+    rows = [{"kind": "sae-topk", "l0": 8, "re": 40}, {"kind": "sae-topk", "l0": 32, "re": 20},
+            {"kind": "sae-l1", "l0": 30, "re": 35}, {"kind": "vaease", "l0": 16, "re": 30}]
+    v = pareto.verdicts(rows, ("sae-topk", "sae-l1"), {"re": False})
+    assert v["sae-topk"]["frontier_re_at_vaease_l0"] == pytest.approx(100 / 3) and v["sae-topk"]["vaease_re_ok"]
+    assert v["sae-l1"]["frontier_re_at_vaease_l0"] is None and v["sae-l1"]["vaease_re_ok"] is None
 
 
 def test_pareto_end_to_end_on_a_tiny_store(tmp_path, capsys):
     torch.manual_seed(0)
     store = write_store(tmp_path / "acts", torch.randn(1200, 6) @ torch.randn(6, 12))
     out = tmp_path / "out"
-    summary = pareto.main([str(store.path), "--steps", "10", "--batch-size", "128", "--d-latent", "10",
-                           "--l1-grid", "1", "--log-grid", "0.01", "--k-grid", "2,4", "--out", str(out),
+    summary = pareto.main([str(store.path), "--steps", "10", "--batch-size", "128", "--d-latent", "16",
+                           "--k-grid", "2,4", "--jumprelu-grid", "0.5", "--l1-grid", "1", "--out", str(out),
                            "--threads", "1"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last)["png"] == summary["png"]
     kinds = [p["kind"] for p in summary["points"]]
-    assert kinds == ["sae-l1", "sae-log", "sae-topk", "sae-topk", "vae", "vaease"]
+    assert kinds == ["sae-topk"] * 2 + ["sae-batchtopk"] * 2 + ["sae-matryoshka"] * 2 + ["sae-jumprelu", "sae-l1",
+                                                                                          "vaease"]
     topk = [p for p in summary["points"] if p["kind"] == "sae-topk"]
     assert all(0 < p["l0"] <= k for p, k in zip(topk, (2, 4)))  # ReLU may leave fewer than k nonzeros
     for p in summary["points"]:
-        assert math.isfinite(p["re"]) and math.isfinite(p["re_gated"])
-        assert p["ad"] <= p["l0"] + 1e-9 or p["kind"] in ("vae", "vaease")
-    assert set(summary["vaease_vs"]) == {"sae-l1", "sae-log", "sae-topk", "vae"}
-    assert (out / "pareto.csv").read_text().count("\n") == 7
-    assert (out / "pareto.png").stat().st_size > 1000
+        assert math.isfinite(p["re"]) and math.isfinite(p["explained_variance"]) and p["steps"] == 10
+    assert set(summary["vaease_vs"]) == {"sae-topk", "sae-batchtopk", "sae-matryoshka", "sae-jumprelu", "sae-l1"}
+    assert (out / "frontier.csv").read_text().count("\n") == 10
+    assert (out / "frontier.png").stat().st_size > 1000
 
 
 def test_pareto_rejects_bad_grids(tmp_path):
@@ -60,6 +71,20 @@ def test_pareto_rejects_bad_grids(tmp_path):
         pareto.main([str(store.path), "--k-grid", "eight", "--out", str(tmp_path / "o")])
     with pytest.raises(SaeaseError, match="sigma-init"):
         pareto.main([str(store.path), "--vaease-sigma-init", "1.5", "--out", str(tmp_path / "o")])
+
+
+def test_lm_frontier_quick(tmp_path, capsys):
+    lm = load("benchmarks/lm_frontier.py")
+    summary = lm.main(["--quick", "--out", str(tmp_path / "lm"), "--threads", "1"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["csv"] == summary["csv"] and last["quick"]
+    kinds = {p["kind"] for p in summary["points"]}
+    assert kinds == {"vaease", "vae", "sae-l1", "sae-log", "sae-topk", "sae-batchtopk", "sae-jumprelu", "sae-gated",
+                     "sae-matryoshka"}
+    for p in summary["points"]:
+        assert math.isfinite(p["loss_recovered"]) and p["l0"] > 0 and math.isfinite(p["re"])
+        assert p["ce_clean"] < p["ce_zero_ablated"]
+    assert set(summary["vaease_vs"]) == set(lm.FAMILIES)
 
 
 def test_extract_minilm_rows_line_up(tmp_path):
