@@ -30,7 +30,7 @@ from saease.metrics import evaluate
 from saease.store import ActivationStore, newest_store
 from saease.train import checkpoint
 from saease.train.config import TrainConfig
-from saease.train.devices import Processes, pick_device, start
+from saease.train.devices import Processes, keep_freed_memory, pick_device, start
 from saease.train.loader import ShuffledBatches
 from saease.train.monitor import Monitor
 
@@ -62,6 +62,8 @@ def train(cfg: TrainConfig) -> tuple[Dictionary, dict]:
 def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Dictionary, dict]:
     # ---- check everything before touching the output folder --------------------------------
     check_device_options(cfg, device)
+    if device.type == "cpu":
+        keep_freed_memory()
     state = checkpoint.load(cfg.resume) if cfg.resume else None
     if state is not None and cfg.data is None:
         cfg = replace(cfg, data=state["store"]["path"])

@@ -59,7 +59,7 @@ class GatedSAE(Dictionary):
         frozen = self.dec_trunk(gate_acts) @ self.W_dec.detach() + self.b_dec.detach()
         aux = sq_err(frozen, x).mean()
         return {"loss": mse + self.cfg.lambda1 * sparsity + aux, "mse": mse, "sparsity": sparsity,
-                "aux": aux.detach(), "fired": (z > 0).any(0)}
+                "aux": aux.detach(), "fired": z.detach().amax(0) > 0}
 
     def saelens_export(self):
         s = float(self.cfg.input_scale)

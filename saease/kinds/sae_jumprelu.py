@@ -105,7 +105,7 @@ class JumpReLUSAE(Dictionary):
         z = JumpReLUFunction.apply(pre, theta, eps)
         mse = sq_err(self.decode_scaled(z), x).mean()
         l0 = StepFunction.apply(pre, theta, eps).sum(-1).mean()
-        return {"loss": mse + self.cfg.l0_coef * l0, "mse": mse, "l0": l0.detach(), "fired": (z != 0).any(0)}
+        return {"loss": mse + self.cfg.l0_coef * l0, "mse": mse, "l0": l0.detach(), "fired": z.detach().abs().amax(0) > 0}
 
     def saelens_export(self):
         from saease.kinds.sae_l1 import plain_relu_tensors

@@ -33,7 +33,7 @@ class L1SAE(Dictionary):
         mse = sq_err(self.decode_scaled(z), x).mean()
         sparsity, decoder_norm = self.penalty(z), self.W_dec.pow(2).sum()
         return {"loss": mse + self.cfg.lambda1 * sparsity + self.cfg.lambda2 * decoder_norm, "mse": mse,
-                "sparsity": sparsity, "decoder_norm": decoder_norm, "fired": (z > 0).any(0)}
+                "sparsity": sparsity, "decoder_norm": decoder_norm, "fired": z.detach().amax(0) > 0}
 
     def saelens_export(self):
         return {"architecture": "standard"}, plain_relu_tensors(self)

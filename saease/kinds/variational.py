@@ -214,7 +214,7 @@ class VariationalDictionary(Dictionary):
             pre, s = torch.addmm(self.b_enc, h, self.W_enc), torch.addmm(self.b_sig, h, self.W_sig)
             noise = torch.randn(pre.shape, generator=generator, device=x.device, dtype=pre.dtype)
             z, kl_sum = GaussianSample.apply(pre, s, noise, self.gate_is_one_minus_sigma)
-            kl, mu_pos = kl_sum / n, pre > 0
+            kl, fired = kl_sum / n, pre.detach().amax(0) > 0
         else:
             enc = self.encoder_output(x)
             mu, std = self.mean(enc), enc.var.sqrt()
@@ -223,11 +223,11 @@ class VariationalDictionary(Dictionary):
             gate = self.gate(enc.var)
             if gate is not None:
                 z = gate * z
-            kl, mu_pos = kl_divergence(mu, enc.var).mean(), mu > 0
+            kl, fired = kl_divergence(mu, enc.var).mean(), mu.detach().amax(0) > 0
         sq = sq_err(self.decode_scaled(z), x)
         gamma = self.gamma(sq)
         nll = gaussian_nll(sq, gamma, self.cfg.d_in).mean()
         beta = self.kl_weight()
         return {"loss": nll + beta * kl, "mse": sq.mean(), "nll": nll, "kl": kl, "kl_weight": beta.detach(),
                 "gamma": gamma.detach(),
-                "fired": mu_pos.any(0) if not self.cfg.deep_encoder else None}
+                "fired": fired if not self.cfg.deep_encoder else None}
