@@ -12,7 +12,7 @@ with one held-out split and one step budget for every kind:
     vaease                                    its defaults: one point (no knob)
 
 and measured on the trainer's held-out rows (its summary): RE (store units), EV, L0 = the exact
-nonzeros of the code the decoder sees, AD (SPEC §2) beside it, dead latents. The comparison is on
+nonzeros of the code the decoder sees, AD (docs/kinds.md) beside it, dead latents. The comparison is on
 the L0 axis: for each family its Pareto frontier of RE against L0 (lower-left hull) is linearly
 interpolated at VAEase's L0, and VAEase is "on or below" it when its RE is ≤ that value (the
 same for EV, higher is better).

@@ -10,7 +10,7 @@ n_active and the true directions are known. All kinds get the same linear encode
 the SAE kinds' knob (λ1 for ℓ1/log with a fixed λ2, k for TopK) is swept over a grid and the run whose RE is
 closest to VAEase's is reported as "matched RE" (every grid point is printed: the RE–AD tradeoff).
 
-Reported per kind, on held-out rows: RE, AD (variance-split active count, SPEC §2), the mean
+Reported per kind, on held-out rows: RE, AD (variance-split active count, docs/kinds.md), the mean
 |AD − n_active| per sample, and feature recovery: the mean over true directions of the largest
 |cosine| with any decoder row of W_dec. Ends with one JSON line.
 """

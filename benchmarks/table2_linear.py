@@ -4,7 +4,7 @@
     python benchmarks/table2_linear.py --n 30000 --epochs 20 # a quick look
     python benchmarks/table2_linear.py --dims 2,4,8          # another mix (the method is not tuned to 4/4/4)
 
-Paper settings (SPEC §3): 3 random 4-dim subspaces of R^40, κ = 20, encoder 4 linear layers with
+Paper settings (docs/reproduce.md): 3 random 4-dim subspaces of R^40, κ = 20, encoder 4 linear layers with
 Swish (hidden 2κ), linear decoder, batch 1024, Adam, lr 0.01 (VAE kinds) / 0.002 (SAE kinds),
 CosineAnnealingWarmRestarts T0 = 10 epochs, T_mult = 2 (150 epochs = 10 + 20 + 40 + 80, so the
 run ends at the bottom of a cycle), SAE λ1 = 1e-3, λ2 = 1e-4, TopK k = the largest dimension,

@@ -3,7 +3,7 @@
     python benchmarks/table2_nonlinear.py                                   # the paper's scale (GPU-sized)
     python benchmarks/table2_nonlinear.py --n-per 25000 --epochs 30 --encoder-hidden 120   # CPU-sized
 
-Paper settings (SPEC §3, App. D.2): 4 manifolds of dimensions 5, 5, 10, 10 in R^100, 200,000
+Paper settings (docs/reproduce.md, App. D.2): 4 manifolds of dimensions 5, 5, 10, 10 in R^100, 200,000
 points each (each the image of N(0, I_r) under a random 2-layer leaky-ReLU MLP); κ = 60; decoder a
 2-layer MLP with leaky-ReLU 0.2 (`decoder_layers=2`); encoder 3 residual blocks of 3 linear layers,
 hidden 8κ (`encoder="residual"`, `encoder_layers=3`); 310 epochs, batch 1024, Adam lr 0.005,

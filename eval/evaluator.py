@@ -146,7 +146,7 @@ def feature_report(e: Evaluation, store: ActivationStore, opts: Options, notes: 
         "store": str(store.path), "split": e.split, "n": e.result["n"], "top_n": opts.top_n,
         "sample_n": opts.sample_n, "context": {"left": opts.context_left, "right": opts.context_right},
         "density": "fraction of evaluated rows where the latent's code is non-zero",
-        "active": "fraction of evaluated rows where the SPEC §2 split counts the latent active (sums to AD)",
+        "active": "fraction of evaluated rows where the AD split counts the latent active (sums to AD)",
         "score": "default sort: density weight × (0.25 + 0.75 × top-token concentration), docs/eval.md",
         "hist_edges": HIST_EDGES, "hist": "counts of log10(activation) for positive activations, "
                                           "bins hist_edges[lo + i] .. hist_edges[lo + i + 1]",

@@ -1,5 +1,5 @@
 """`saease harvest`: hook one layer of a language model over a text dataset and write an
-activation store (SPEC §4).
+activation store (docs/harvest.md).
 
     harvest.config   HarvestConfig, the dataclass that is the command line
     harvest.data     dataset loading and tokenization into context windows

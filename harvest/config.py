@@ -12,8 +12,8 @@ from saease.models import SHORT_HOOKS
 from saease.store import DTYPES
 
 STORAGE_DTYPES = tuple(DTYPES)  # float16, float32, bfloat16
-DEFAULT_LAYER = 2  # SPEC §3: blocks.2.hook_resid_post
-PAPER_ROWS = 2_098_176  # SPEC §3: 2,049 batches x 4 x 256 vectors
+DEFAULT_LAYER = 2  # docs/reproduce.md: blocks.2.hook_resid_post
+PAPER_ROWS = 2_098_176  # docs/reproduce.md: 2,049 batches x 4 x 256 vectors
 
 # Fields that do not change the rows of the store (they may differ between a run and its resume).
 _NOT_IN_KEY = ("device", "out", "overwrite")

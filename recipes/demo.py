@@ -63,7 +63,7 @@ def _demo(args) -> dict:
     store = write_store(out / "data", x, labels=labels,
                         source={"synthetic": "subspaces", "dims": args.dims, "seed": args.seed})
 
-    # The paper's linear-subspace settings (SPEC §3), at a laptop-sized scale; T0 = 10 epochs.
+    # The paper's linear-subspace settings (docs/reproduce.md), at a laptop-sized scale; T0 = 10 epochs.
     steps_per_epoch = -(-int(store.n_rows * 0.9) // 1024)
     base = TrainConfig.flat(data=str(store.path), d_latent=args.d_latent, encoder_layers=4, epochs=args.epochs,
                        batch_size=1024, lr=0.01, t0=10 * steps_per_epoch, t_mult=2, normalize=False,

@@ -24,17 +24,17 @@ from saease.store import atomic_write_json
 LABELS = {"sae-l1": "SAE-ℓ1", "sae-log": "SAE-log", "sae-topk": "SAE-Tk", "vae": "VAE", "vaease": "VAEase"}
 ORDER = ("sae-l1", "sae-log", "sae-topk", "vae", "vaease")  # the paper's row order
 
-# SPEC §3, Table 2: per-manifold AD (all models RE ≤ 1e-3).
+# docs/reproduce.md, Table 2: per-manifold AD (all models RE ≤ 1e-3).
 PAPER_TABLE2 = {
     "linear": {"truth": [4, 4, 4], "sae-l1": [10, 11, 8], "sae-log": [8, 8, 8], "sae-topk": [10, 10, 7],
                "vae": [13, 13, 13], "vaease": [5, 4, 4]},
     "nonlinear": {"truth": [5, 5, 10, 10], "sae-l1": [20, 26, 39, 29], "sae-log": [15, 28, 39, 31],
                   "sae-topk": [10, 12, 18, 19], "vae": [17, 21, 20, 19], "vaease": [5, 5, 11, 11]},
 }
-# SPEC §3, Table 3: (RE, AD) on Pythia-70m-deduped activations.
+# docs/reproduce.md, Table 3: (RE, AD) on Pythia-70m-deduped activations.
 PAPER_TABLE3 = {"sae-l1": (46.2, 38.2), "sae-log": (45.1, 58.2), "sae-topk": (45.1, 30.0),
                 "vae": (48.0, 87.9), "vaease": (39.5, 22.5)}
-# SPEC §3, Table 3 settings: per-kind λ1, λ2, k (everything else is shared).
+# docs/reproduce.md, Table 3 settings: per-kind λ1, λ2, k (everything else is shared).
 TABLE3_KIND_SETTINGS = {"vaease": {}, "vae": {}, "sae-l1": {"lambda1": 0.32, "lambda2": 0.2},
                         "sae-log": {"lambda1": 0.01, "lambda2": 0.2}, "sae-topk": {"k": 30}}
 
@@ -86,7 +86,7 @@ def _heldout(cfg, labels: bool):
 
 @torch.no_grad()
 def per_sample_ad(model) -> dict[str, float]:
-    """Per label group, the mean over its held-out rows of each row's own active count (SPEC §2's
+    """Per label group, the mean over its held-out rows of each row's own active count (the metrics'
     per-sample AD), a check on the per-group AD, which splits the group's *averaged* σ or |z|."""
     from saease.metrics import active_count
 

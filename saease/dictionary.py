@@ -284,7 +284,7 @@ class Dictionary(nn.Module):
         return self.decode(self.encode(x))
 
     def activity(self, enc: EncoderOutput) -> Float[Tensor, "batch d_latent"]:
-        """Per (sample, latent) activity for AD (SPEC §2): log |code| (−inf where the code is 0,
+        """Per (sample, latent) activity for AD (docs/kinds.md): log |code| (−inf where the code is 0,
         i.e. inactive); the variational kinds return log σ² (small = active)."""
         return self.code_from(enc).abs().log()
 

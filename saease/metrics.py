@@ -1,4 +1,4 @@
-"""Reconstruction error (RE), active dimensions (AD), the latent masking curve (SPEC §2).
+"""Reconstruction error (RE), active dimensions (AD), the latent masking curve (docs/kinds.md).
 
 AD counts, per sample, the latents on the "active" side of a two-group split of their
 activity values (log σ² for the VAE kinds, log |z| for the SAE kinds). The split is the
@@ -80,7 +80,7 @@ def _split(values: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def active_count(activity: Tensor, from_variance: bool) -> Tensor:
-    """Active latents per sample from the activity values (SPEC §2)."""
+    """Active latents per sample from the activity values (docs/kinds.md)."""
     if from_variance:
         return variance_split(activity)  # log σ²: small = active, the lower group
     valid = torch.isfinite(activity)  # exact zeros (log 0 = −inf) never enter the split
@@ -124,7 +124,7 @@ class Encoded:
 
     @cached_property
     def active(self) -> Bool[Tensor, "batch d_latent"]:
-        """The SPEC §2 active set of each sample (computed on first use: it needs a sort)."""
+        """The docs/kinds.md active set of each sample (computed on first use: it needs a sort)."""
         return active_mask(self.dictionary.activity(self.enc), self.dictionary.ad_from_variance)
 
     @cached_property
@@ -134,7 +134,7 @@ class Encoded:
 
     @cached_property
     def active_per_latent(self) -> Tensor:
-        """[d_latent] rows of the batch where each latent is active (SPEC §2)."""
+        """[d_latent] rows of the batch where each latent is active (docs/kinds.md)."""
         return self.active.sum(0)
 
     @property
@@ -216,7 +216,7 @@ class Metrics:
 
 @torch.no_grad()
 def evaluate(dictionary: Dictionary, batches, *, n_total: int | None = None, progress: bool = True) -> dict:
-    """Stream `(acts, labels_or_None)` batches through the dictionary and return the SPEC §2
+    """Stream `(acts, labels_or_None)` batches through the dictionary and return the AD
     metrics: re, ad, ad_per_label, l0, explained_variance, dead_fraction, n (and ad_fixed for
     the VAE kinds: σ² < 0.05)."""
     metrics = Metrics(from_variance=dictionary.ad_from_variance)
@@ -242,7 +242,7 @@ def _prefix_block_sums(q: Float[Tensor, "m m"]) -> Float[Tensor, "m"]:
 
 
 class MaskingCurve:
-    """RE after zeroing the 0, 1, …, κ least used latents (SPEC §2), streamed.
+    """RE after zeroing the 0, 1, …, κ least used latents (docs/kinds.md), streamed.
 
     Write e_m = x − x̂_m for the residual once the first m latents of the order o are zeroed.
     With a linear decoder (`W` = W_dec in store units), e_m = r + Σ_{i<m} z_{o_i} W[o_i], with
@@ -353,7 +353,7 @@ class MaskingCurve:
 
 @torch.no_grad()
 def masking_curve(dictionary: Dictionary, x: Tensor, batch_size: int = 8192, method: str = "auto") -> dict:
-    """Latent masking curve (SPEC §2, the paper's Fig. 4) of an in-memory array `x` [n, d_in].
+    """Latent masking curve (docs/kinds.md, the paper's Fig. 4) of an in-memory array `x` [n, d_in].
 
     Returns `left` (latents left: κ, κ−1, …, 0), `re` (the RE with that many left), `order`
     (the latent masked at each step), `usage` and `method`; see `MaskingCurve`.

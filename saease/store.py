@@ -1,4 +1,4 @@
-"""Activation stores (SPEC §4): a folder of safetensors shards listed in a manifest.
+"""Activation stores (docs/harvest.md): a folder of safetensors shards listed in a manifest.
 
     DIR/manifest.json            format, d_in, dtype, n_rows, shards [{file, rows, sha256}], source
     DIR/shard-00000.safetensors  "acts" [rows, d_in]; optional "tokens", "seq", "pos" [rows] int32,

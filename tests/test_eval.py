@@ -109,7 +109,7 @@ def test_top_n_matches_brute_force(store, kind):
         # the rows hold those values (windows share their first token, so equal values occur)
         assert len(set(got.tolist())) == len(got)
         torch.testing.assert_close(codes[got, j], values[:, j][keep])
-    # density = the SPEC §2 active set; it sums to AD
+    # density = the AD active set; it sums to AD
     with torch.no_grad():
         enc = d.encoder_output(d.scale_in(x))
     mask = active_mask(d.activity(enc), d.ad_from_variance)

@@ -108,7 +108,7 @@ def subspace_store(tmp_path_factory):
 
 
 def fit(store, kind, out):
-    """The paper's linear-subspace settings (SPEC §3) at a small scale: κ = 20, 4-layer Swish
+    """The paper's linear-subspace settings (docs/reproduce.md) at a small scale: κ = 20, 4-layer Swish
     encoder, batch 1024, lr 0.01, cosine restarts every 10, 20 epochs (30 epochs in all)."""
     steps_per_epoch = -(-int(store.n_rows * 0.9) // 1024)
     cfg = TrainConfig.flat(data=str(store.path), kind=kind, d_latent=20, encoder_layers=4, epochs=30,

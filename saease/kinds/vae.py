@@ -1,5 +1,5 @@
-"""VAE: the plain variational autoencoder (SPEC §1): the decoder sees z = μ + σ ⊙ ε in training
-and μ at inference. AD reads σ² (SPEC §2); the code itself is dense."""
+"""VAE: the plain variational autoencoder (docs/kinds.md): the decoder sees z = μ + σ ⊙ ε in training
+and μ at inference. AD reads σ² (docs/kinds.md); the code itself is dense."""
 
 from __future__ import annotations
 

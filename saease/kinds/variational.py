@@ -1,5 +1,5 @@
 """What the variational kinds (VAE, VAEase) share: a spread head σ² beside the mean head, the
-Gaussian decoder variance γ, the KL to the N(0, I) prior (SPEC §1).
+Gaussian decoder variance γ, the KL to the N(0, I) prior (docs/kinds.md).
 
     σ² = sigmoid(h W_sig + b_sig)   (clamped at MIN_VAR),   z = μ + σ ⊙ ε,   ε ~ N(0, I)
     loss = ‖x − x̂‖²/(2γ) + d/2 log(2πγ) + KL(N(μ, σ²) ‖ N(0, I))
