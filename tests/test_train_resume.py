@@ -105,11 +105,15 @@ def test_a_killed_process_resumes_to_the_same_weights(store, tmp_path, uninterru
     # (a checkpoint past 2 epochs' steps would end at once, so shorten only when still inside)
     if info["step"] >= uninterrupted[1]["steps"]:
         pytest.skip("the process outran the poll: its checkpoint is already past the reference run")
-    done = subprocess.run([sys.executable, "-m", "saease.cli", "train", "--resume", str(out), "--epochs", "2",
-                           "--json", "--no-progress"], capture_output=True, text=True, timeout=300)
+    # the schedule's horizon is the 40 epochs planned at the start (a resume keeps it), so the
+    # reference is the same 40-epoch run cut at the same step count by --max-steps
+    steps = uninterrupted[1]["steps"]
+    _, reference = train(config(store, tmp_path / "ref", epochs=40, max_steps=steps))
+    done = subprocess.run([sys.executable, "-m", "saease.cli", "train", "--resume", str(out), "--max-steps",
+                           str(steps), "--json", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1])["steps"] == uninterrupted[1]["steps"]
-    assert_same_weights(out, uninterrupted[0])
+    assert json.loads(done.stdout.splitlines()[-1])["steps"] == reference["steps"] == steps
+    assert_same_weights(out, tmp_path / "ref")
 
 
 SIGNAL_EPOCHS = 60  # ~1000 steps: the signal lands long before the end, however fast the machine

@@ -29,7 +29,7 @@ WEIGHTS, INFO = "checkpoint.pt", "checkpoint.json"
 
 
 def save(out: Path, *, train_cfg, model, optimizer, scheduler, noise_states: list, step: int, epoch: int,
-         batch: int, total_steps: int, store, wandb_id: str | None) -> None:
+         batch: int, total_steps: int, horizon: int, store, wandb_id: str | None) -> None:
     state = {
         "format": FORMAT,
         "train_config": train_cfg.flat_values(),
@@ -39,7 +39,7 @@ def save(out: Path, *, train_cfg, model, optimizer, scheduler, noise_states: lis
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "noise": noise_states,
-        "step": step, "epoch": epoch, "batch": batch, "total_steps": total_steps,
+        "step": step, "epoch": epoch, "batch": batch, "total_steps": total_steps, "horizon": horizon,
         "store": {"path": str(store.path.resolve()), "d_in": store.d_in, "n_rows": store.n_rows},
         "wandb_id": wandb_id,
     }

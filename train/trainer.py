@@ -86,6 +86,10 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
                           "lower --holdout or use a bigger store")
     steps_per_epoch = batches.steps_per_epoch()
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+    # What a kind's schedule (VAEase's KL warm-up) counts progress against: the epochs planned when
+    # the run started. --max-steps only cuts the run short, and a resumed run keeps its horizon, so
+    # extending --epochs does not replay a warm-up.
+    horizon = state.get("horizon", cfg.epochs * steps_per_epoch) if state else cfg.epochs * steps_per_epoch
     created, error = False, None
     if procs.main:
         try:
@@ -145,7 +149,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         if procs.main:
             checkpoint.save(out, train_cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
                             noise_states=states, step=step, epoch=epoch, batch=batch_index,
-                            total_steps=total_steps, store=store, wandb_id=monitor.wandb_id)
+                            total_steps=total_steps, horizon=horizon, store=store, wandb_id=monitor.wandb_id)
         last_saved = step
 
     stop = StopRequest()  # SIGINT / SIGTERM: finish the step, write a checkpoint, say how to resume
@@ -154,7 +158,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         for b in stream:
             x = b.x.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=False)
-            model.progress.fill_(step / total_steps)
+            model.progress.fill_(min(1.0, step / horizon))
             terms = loss_of(x, noise)
             fired = terms.pop("fired", None)
             # each process's loss is the mean over its slice; DDP averages gradients over the
