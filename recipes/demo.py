@@ -14,7 +14,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 
 from saease.recipes.reproduce import LABELS, ad_table, heldout_rows, per_sample_ad, plot_masking_curves
 from saease.errors import SaeaseError
@@ -41,12 +40,10 @@ def run(args) -> dict:
         raise SaeaseError(f"--n {args.n} / --epochs {args.epochs}: expected at least 100 points and 1 epoch")
     if args.threads < 1:
         raise SaeaseError(f"--threads {args.threads}: expected a positive integer")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    from saease.train.devices import torch_threads
+
+    with torch_threads(args.threads):
         return _demo(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _demo(args) -> dict:

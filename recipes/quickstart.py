@@ -71,13 +71,10 @@ def run(args) -> dict:
         raise SaeaseError(f"--threads {args.threads}: expected a positive integer")
     if args.k > args.d_latent:
         raise SaeaseError(f"--k {args.k}: expected at most --d-latent ({args.d_latent})")
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    from saease.train.devices import torch_threads
+
+    with torch_threads(args.threads):
         return _quickstart(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _quickstart(args) -> dict:

@@ -254,7 +254,7 @@ class Dictionary(nn.Module):
     @property
     def linear(self) -> bool:
         """One linear encoder layer on the input and a linear decoder (the LLM dictionaries)."""
-        return self.cfg.encoder == "text" and self.cfg.encoder_layers == 1 and self.cfg.decoder_layers == 1
+        return not self.cfg.deep_encoder and self.cfg.decoder_layers == 1
 
     # ---- encoding -------------------------------------------------------------------------
 

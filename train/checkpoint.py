@@ -33,7 +33,6 @@ def save(out: Path, *, train_cfg, model, optimizer, scheduler, noise_states: lis
     state = {
         "format": FORMAT,
         "train_config": train_cfg.flat_values(),
-        "fixed": train_cfg.fixed_values(),
         "dictionary_config": config_dict(model.cfg),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -81,7 +80,9 @@ def load(path) -> dict:
 
 def check_compatible(state: dict, cfg, store, where) -> None:
     """A one-line error if the run asked for disagrees with the checkpoint it resumes."""
-    saved = state["fixed"]
+    from saease.train.config import from_saved
+
+    saved = from_saved(state["train_config"]).fixed_values()
     for name, value in cfg.fixed_values().items():
         if saved.get(name) != value:
             raise SaeaseError(f"--{name.replace('_', '-')} {value!r} disagrees with the checkpoint in "

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from saease.dictionary import DictionaryConfig, config_class, kind_names, make_config
+from saease.dictionary import DictionaryConfig, config_class, flag, kind_names, make_config
 from saease.errors import SaeaseError
 
 DEFAULT_KIND = "vaease"
@@ -102,10 +102,8 @@ class TrainConfig:
     def fixed_values(self) -> dict:
         """What a resumed run must share with its checkpoint: the dictionary's settings and the
         run's `fixed` fields."""
-        out = {"kind": self.kind, **{f.name: getattr(self.dictionary, f.name) for f in fields(self.dictionary)
-                                     if f.metadata.get("cli", True)}}
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("fixed")})
-        return out
+        run_only = {f.name for f in fields(self) if not f.metadata.get("fixed")} - {"dictionary"}
+        return {k: v for k, v in self.flat_values().items() if k not in run_only}
 
     def checked(self) -> "TrainConfig":
         """Self, after checking every run setting (the dictionary config checks its own)."""
@@ -124,10 +122,6 @@ class TrainConfig:
         if self.precision not in typing.get_args(typing.get_type_hints(TrainConfig)["precision"]):
             raise SaeaseError(f"--precision {self.precision!r}: choose from fp32, bf16")
         return self
-
-
-def flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def run_field_names() -> set[str]:

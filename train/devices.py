@@ -16,6 +16,7 @@ import ctypes.util
 import gc
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,18 @@ def start(device: str | None) -> tuple[Processes, torch.device]:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         started = True
     return Processes(rank=rank, world_size=world_size, started_group=started), dev
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with torch's CPU threads set to `n` (None: leave them), then restore them."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def keep_freed_memory() -> bool:

@@ -17,6 +17,7 @@ import math
 import os
 import shlex
 import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from saease.metrics import evaluate
 from saease.store import ActivationStore, newest_store
 from saease.train import checkpoint
 from saease.train.config import TrainConfig
-from saease.train.devices import Processes, keep_freed_memory, pick_device, start
+from saease.train.devices import Processes, keep_freed_memory, pick_device, start, torch_threads
 from saease.train.loader import ShuffledBatches
 from saease.train.monitor import Monitor
 
@@ -47,15 +48,12 @@ class Interrupted(SaeaseError):
 def train(cfg: TrainConfig) -> tuple[Dictionary, dict]:
     cfg = cfg.checked()
     procs, device = start(cfg.device)
-    threads = torch.get_num_threads()
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        result = _train(cfg, procs, device)
+        with torch_threads(cfg.threads):
+            result = _train(cfg, procs, device)
         procs.barrier()  # every process is done with the group before any tears it down
         return result
     finally:
-        torch.set_num_threads(threads)
         procs.stop()
 
 
@@ -111,13 +109,13 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         scale = math.sqrt(store.d_in) / store_norm if cfg.normalize else 1.0
         dict_cfg = replace(cfg.dictionary, d_in=store.d_in, input_scale=scale,
                            source={"store": str(store.path.resolve()), **store.source},
-                           training={**run_record(cfg), "holdout_seed": cfg.seed, "split_key": store.split_key,
+                           training={**cfg.flat_values(), "holdout_seed": cfg.seed, "split_key": store.split_key,
                                      "normalization": {
                                "target_mean_norm": math.sqrt(store.d_in) if cfg.normalize else None,
                                "store_mean_norm": store_norm, "rows_sampled": len(sample)}})
     else:
         dict_cfg = config_from_dict(state["dictionary_config"], f"{cfg.resume} (checkpoint)")
-        dict_cfg.training = {**dict_cfg.training, **run_record(cfg)}
+        dict_cfg.training = {**dict_cfg.training, **cfg.flat_values()}
     model = Dictionary.build(dict_cfg).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
@@ -167,10 +165,11 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
             # one small all-reduce carries the finiteness check and any stop request
             verdict = procs.sum_(torch.stack([terms["mse"].detach().float() * b.share,
                                               torch.tensor(float(stop.requested), device=device)]))
-            if not math.isfinite(verdict[0].item()):
+            loss_check, stop_asked = verdict.tolist()  # one host sync a step
+            if not math.isfinite(loss_check):
                 where = (f"the last good checkpoint (step {last_saved}) is kept in {out}; continue with "
                          f"--resume {out}" if last_saved is not None else "no checkpoint had been written")
-                raise SaeaseError(f"the loss became {verdict[0].item()} at step {step + 1} (epoch {b.epoch}); "
+                raise SaeaseError(f"the loss became {loss_check} at step {step + 1} (epoch {b.epoch}); "
                                   f"{where}; lower --lr or raise --gamma-floor")
             model.after_backward()
             optimizer.step()
@@ -181,7 +180,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
             timer.tick(round(len(b.x) / b.share))
             monitor.update(step, {k: v.detach().float() for k, v in terms.items() if v is not None},
                            fired, x, scheduler.get_last_lr()[0])
-            if verdict[1].item() > 0 and step < total_steps:
+            if stop_asked > 0 and step < total_steps:
                 save_checkpoint(epoch, batch_index)
                 if not procs.main:  # under torchrun only rank 0 prints the resume command
                     raise Interrupted(f"rank {procs.rank} stopped with rank 0 at step {step}")
@@ -265,18 +264,13 @@ def prepare_out(out: Path, *, resuming: bool, overwrite: bool) -> bool:
     return not existed
 
 
-def run_record(cfg: TrainConfig) -> dict:
-    """The run's settings as saved in the dictionary's config.json (flat names)."""
-    return {k: v for k, v in cfg.flat_values().items()}
-
-
 class StopRequest:
     """Turns SIGINT and SIGTERM into a request the loop honours after the current step (the
     previous handlers come back with `restore`). A second signal stops at once."""
 
     def __init__(self):
         self.requested, self.name, self.previous = False, None, {}
-        if threading_main():
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self.handle)
 
@@ -290,12 +284,6 @@ class StopRequest:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 class Throughput:

@@ -117,10 +117,9 @@ class TopKSAE(Dictionary):
         terms["loss"] = recon if aux is None else recon + aux
         if aux is not None:
             terms["aux"] = aux.detach()
-        with torch.no_grad():  # dead-latent bookkeeping, over the global batch
-            fired_any = self.sum_(fired.long())
-            rows = self.sum_(torch.tensor(len(x), device=x.device))
-            self.rows_since_fired.add_(rows).masked_fill_(fired_any > 0, 0)
+        with torch.no_grad():  # dead-latent bookkeeping over the global batch: one all-reduce
+            counts = self.sum_(torch.cat([fired.long(), torch.tensor([len(x)], device=x.device)]))
+            self.rows_since_fired.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
         return terms
 
     def aux_loss(self, enc, x_hat, x):

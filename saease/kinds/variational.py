@@ -209,7 +209,7 @@ class VariationalDictionary(Dictionary):
     def loss(self, x, generator=None):
         x = self.scale_in(x)
         n = len(x)
-        if self.cfg.encoder == "text" and self.cfg.encoder_layers == 1:  # the fused elementwise core
+        if not self.cfg.deep_encoder:  # one linear layer per head: the fused elementwise core
             h = self.trunk(x)
             pre, s = torch.addmm(self.b_enc, h, self.W_enc), torch.addmm(self.b_sig, h, self.W_sig)
             noise = torch.randn(pre.shape, generator=generator, device=x.device, dtype=pre.dtype)
