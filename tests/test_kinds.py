@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saease import Dictionary
-from saease.kinds.sae_jumprelu import JumpReLUFunction, StepFunction
+from saease.kinds.sae_jumprelu import JumpReLUWithL0
 
 
 def make(kind, **kw):
@@ -83,29 +83,76 @@ def test_jumprelu_loss_by_hand_and_thresholds_in_the_code():
 
 
 def test_jumprelu_threshold_gradient_is_the_smoothed_steps_derivative():
-    """H's straight-through gradient equals finite differences of the kernel-smoothed step
-    Σ up·S((pre − θ)/ε), S(u) = clip(u + ½, 0, 1) (the rectangle kernel's integral); the JumpReLU's
-    is θ times it (the estimator of the paper, eq. 11), and its gradient for `pre` is the mask."""
+    """The straight-through gradients equal finite differences of the kernel-smoothed step
+    S((pre − θ)/ε), S(u) = clip(u + ½, 0, 1) (the rectangle kernel's integral): θ·∂S/∂θ for the
+    code (the estimator of the paper, eq. 11), ∂S/∂θ for the L0; the code's gradient for `pre`
+    is the mask."""
     torch.manual_seed(1)
     eps = 0.3
     pre = torch.randn(400, 3, dtype=torch.float64)
-    up = torch.randn(400, 3, dtype=torch.float64)  # an arbitrary upstream gradient
+    up = torch.randn(400, 3, dtype=torch.float64)  # an arbitrary upstream gradient for the code
     theta = torch.tensor([0.1, 0.4, -0.2], dtype=torch.float64, requires_grad=True)
 
-    def smoothed(t):
-        return (((pre - t) / eps + 0.5).clamp(0, 1) * up).sum()
+    def smoothed(t, weight):
+        return (((pre - t) / eps + 0.5).clamp(0, 1) * weight).sum()
 
     h = 1e-6
-    numeric = torch.stack([(smoothed(theta.detach() + h * e) - smoothed(theta.detach() - h * e)) / (2 * h)
-                           for e in torch.eye(3, dtype=torch.float64)])
-    (step_grad,) = torch.autograd.grad((StepFunction.apply(pre, theta, eps) * up).sum(), theta)
-    torch.testing.assert_close(step_grad, numeric, rtol=1e-6, atol=1e-6)
-    assert (step_grad != 0).all()
-    (jump_grad,) = torch.autograd.grad((JumpReLUFunction.apply(pre, theta, eps) * up).sum(), theta)
-    torch.testing.assert_close(jump_grad, theta.detach() * numeric, rtol=1e-6, atol=1e-6)
+
+    def numeric(weight):
+        return torch.stack([(smoothed(theta.detach() + h * e, weight) - smoothed(theta.detach() - h * e, weight)) / (2 * h)
+                            for e in torch.eye(3, dtype=torch.float64)])
+
+    z, l0 = JumpReLUWithL0.apply(pre, theta, eps)
+    torch.testing.assert_close(z, pre * (pre > theta.detach()))
+    assert l0.item() == (pre > theta.detach()).sum().item()
+    (l0_grad,) = torch.autograd.grad(l0, theta, retain_graph=True)
+    torch.testing.assert_close(l0_grad, numeric(torch.ones_like(pre)), rtol=1e-6, atol=1e-6)
+    assert (l0_grad != 0).all()
+    (code_grad,) = torch.autograd.grad((z * up).sum(), theta, retain_graph=True)
+    torch.testing.assert_close(code_grad, theta.detach() * numeric(up), rtol=1e-6, atol=1e-6)
+    (both,) = torch.autograd.grad((z * up).sum() + 0.7 * l0, theta)  # the two add
+    torch.testing.assert_close(both, code_grad + 0.7 * l0_grad)
     p = pre.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(JumpReLUFunction.apply(p, theta.detach(), eps).sum(), p)
+    (g,) = torch.autograd.grad(JumpReLUWithL0.apply(p, theta.detach(), eps)[0].sum(), p)
     torch.testing.assert_close(g, (pre > theta.detach()).double())
+
+
+@pytest.mark.parametrize("kind", ["sae-l1", "sae-log"])
+def test_fused_relu_penalty_matches_autograd(kind):
+    """ℓ1's and log's fused code-and-penalty has autograd's value and gradients (float64)."""
+    from saease.kinds.sae_log import LOG_EPS
+
+    torch.manual_seed(0)
+    pre = torch.randn(40, 9, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(40, 9, dtype=torch.float64)
+    z, total = make(kind).code_and_penalty(pre)
+    fused = torch.autograd.grad((z * up).sum() + 0.37 * total, pre)
+    z_ref = torch.relu(pre)
+    total_ref = z_ref.abs().sum() if kind == "sae-l1" else torch.log(z_ref.abs() + LOG_EPS).sum()
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(total, total_ref)
+    torch.testing.assert_close(fused, torch.autograd.grad((z_ref * up).sum() + 0.37 * total_ref, pre))
+
+
+def test_fused_gated_code_matches_autograd():
+    """The gated SAE's fused code has autograd's outputs and gradients (float64)."""
+    from saease.kinds.sae_gated import GatedCode
+
+    torch.manual_seed(0)
+    proj = torch.randn(40, 9, dtype=torch.float64, requires_grad=True)
+    r_mag, b_mag, b_gate = (torch.randn(9, dtype=torch.float64).mul(0.5).requires_grad_(True) for _ in range(3))
+    up_z, up_gate = torch.randn(40, 9, dtype=torch.float64), torch.randn(40, 9, dtype=torch.float64)
+    inputs = (proj, r_mag, b_mag, b_gate)
+    z, gate_acts = GatedCode.apply(*inputs)
+    fused = torch.autograd.grad((z * up_z).sum() + (gate_acts * up_gate).sum(), inputs)
+    gate = proj + b_gate
+    z_ref = (gate > 0) * torch.relu(proj * r_mag.exp() + b_mag)
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(gate_acts, torch.relu(gate))
+    ref = torch.autograd.grad((z_ref * up_z).sum() + (torch.relu(gate) * up_gate).sum(), inputs)
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b)
+    assert all((g != 0).any() for g in fused)
 
 
 def test_gated_loss_by_hand_and_its_auxiliary_term_trains_the_gate():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from saease.dictionary import Dictionary, DictionaryConfig, EncoderOutput, knob, register, sq_err
 from saease.errors import SaeaseError
@@ -29,6 +30,30 @@ class GatedConfig(DictionaryConfig):
         super().__post_init__()
         if self.lambda1 < 0:
             raise SaeaseError(f"--lambda1 {self.lambda1}: expected ≥ 0")
+
+
+class GatedCode(torch.autograd.Function):
+    """From the shared projection `proj` = h W_enc: the code 1{π_gate > 0} ⊙ ReLU(π_mag) and the
+    gate's activations ReLU(π_gate), fused. The step passes no gradient, so ∂π_mag = ∂z ⊙ 1{z > 0}
+    and ∂π_gate = ∂ReLU(π_gate) ⊙ 1{π_gate > 0}; autograd through the same expression keeps
+    π_gate, π_mag, both masks and their products. `tests/test_kinds.py` checks it against autograd."""
+
+    @staticmethod
+    def forward(ctx, proj: Tensor, r_mag: Tensor, b_mag: Tensor, b_gate: Tensor):
+        scale = r_mag.exp()
+        gate_acts = torch.add(proj, b_gate).relu_()
+        z = torch.addcmul(b_mag, proj, scale).relu_().mul_(gate_acts > 0)
+        ctx.save_for_backward(proj, scale, z, gate_acts)
+        return z, gate_acts
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor, grad_gate_acts: Tensor):
+        proj, scale, z, gate_acts = ctx.saved_tensors
+        grad_mag = grad_z * (z > 0)
+        grad_gate = grad_gate_acts * (gate_acts > 0)
+        grad_r = (grad_mag * proj).sum(0) * scale
+        grad_b_mag, grad_b_gate = grad_mag.sum(0), grad_gate.sum(0)
+        return grad_mag.mul_(scale).add_(grad_gate), grad_r, grad_b_mag, grad_b_gate
 
 
 @register("sae-gated")
@@ -51,11 +76,9 @@ class GatedSAE(Dictionary):
 
     def loss(self, x, generator=None):
         x = self.scale_in(x)
-        enc = self.encoder_output(x)
-        z = self.code_from(enc)
+        z, gate_acts = GatedCode.apply(self.trunk(x) @ self.W_enc, self.r_mag, self.b_mag, self.b_enc)
         mse = sq_err(self.decode_scaled(z), x).mean()
-        gate_acts = F.relu(enc.gate)
-        sparsity = (gate_acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+        sparsity = gate_acts.sum(0) @ self.W_dec.norm(dim=1) / len(x)
         frozen = self.dec_trunk(gate_acts) @ self.W_dec.detach() + self.b_dec.detach()
         aux = sq_err(frozen, x).mean()
         return {"loss": mse + self.cfg.lambda1 * sparsity + aux, "mse": mse, "sparsity": sparsity,

@@ -42,43 +42,29 @@ class JumpReLUConfig(DictionaryConfig):
 MIN_THRESHOLD = 1e-6
 
 
-def rectangle(u: Tensor) -> Tensor:
-    return (u.abs() < 0.5).to(u.dtype)
+class JumpReLUWithL0(torch.autograd.Function):
+    """(z, Σ H(pre − θ)) with z = pre · H(pre − θ): the code and its L0, in one pass over
+    pre, with the straight-through gradients for θ,
 
+        ∂z/∂θ ≈ −θ K((pre − θ)/ε)/ε,   ∂H/∂θ ≈ −K((pre − θ)/ε)/ε,   K(u) = 1{|u| < ½},
 
-class JumpReLUFunction(torch.autograd.Function):
-    """pre · H(pre − θ), with the straight-through gradient −θ K((pre − θ)/ε)/ε for θ."""
+    and ∂z/∂pre = H(pre − θ) (none through the L0). Autograd through separate JumpReLU and step
+    functions would compare pre with θ, and form the kernel, twice."""
 
     @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
+        fires = pre > threshold
+        ctx.save_for_backward(pre, threshold, fires)
         ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
+        return pre * fires, fires.sum(dtype=pre.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, threshold = ctx.saved_tensors
+    def backward(ctx, grad_z: Tensor, grad_l0: Tensor):
+        pre, threshold, fires = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_pre = grad * (pre > threshold)
-        grad_threshold = (-(threshold / eps) * rectangle((pre - threshold) / eps) * grad).sum(0)
-        return grad_pre, grad_threshold, None
-
-
-class StepFunction(torch.autograd.Function):
-    """H(pre − θ), with the straight-through gradient −K((pre − θ)/ε)/ε for θ (none for pre)."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_threshold = (-(1.0 / eps) * rectangle((pre - threshold) / eps) * grad).sum(0)
-        return None, grad_threshold, None
+        near = (pre - threshold).abs_() < eps / 2  # K((pre − θ)/ε) ≠ 0
+        grad_threshold = -(threshold * (grad_z * near).sum(0) + grad_l0 * near.sum(0, dtype=pre.dtype)) / eps
+        return grad_z * fires, grad_threshold, None
 
 
 @register("sae-jumprelu")
@@ -102,10 +88,10 @@ class JumpReLUSAE(Dictionary):
         x = self.scale_in(x)
         pre = self.encoder_output(x).pre
         theta, eps = self.threshold, self.cfg.bandwidth
-        z = JumpReLUFunction.apply(pre, theta, eps)
+        z, l0_sum = JumpReLUWithL0.apply(pre, theta, eps)
         mse = sq_err(self.decode_scaled(z), x).mean()
-        l0 = StepFunction.apply(pre, theta, eps).sum(-1).mean()
-        return {"loss": mse + self.cfg.l0_coef * l0, "mse": mse, "l0": l0.detach(), "fired": z.detach().abs().amax(0) > 0}
+        l0 = l0_sum / len(x)
+        return {"loss": mse + self.cfg.l0_coef * l0, "mse": mse, "l0": l0.detach(), "fired": z.detach().amax(0) > 0}
 
     def saelens_export(self):
         from saease.kinds.sae_l1 import plain_relu_tensors

@@ -67,8 +67,9 @@ class GaussianSample(torch.autograd.Function):
         z = torch.addcmul(mu, std, eps)  # μ + σε
         if gated:
             z.addcmul_(std, z, value=-1)  # (1 − σ)(μ + σε)
-        # Σ ½(μ² + σ² − log σ² − 1)
-        kl = 0.5 * (mu.pow(2).sum() + std.pow(2).sum() - 2 * torch.log(std).sum() - mu.numel())
+        # Σ ½(μ² + σ² − log σ² − 1), the squares as dot products (no batch × κ temporaries)
+        flat_mu, flat_std = mu.view(-1), std.view(-1)
+        kl = 0.5 * (flat_mu.dot(flat_mu) + flat_std.dot(flat_std) - 2 * torch.log(std).sum() - mu.numel())
         ctx.save_for_backward(mu, std, eps)
         ctx.gated = gated
         return z, kl
@@ -76,15 +77,19 @@ class GaussianSample(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_kl: Tensor):
         mu, std, eps = ctx.saved_tensors
-        # ∂/∂σ: grad_z ⊙ (ε(1 − 2σ) − μ) for VAEase (grad_z ⊙ ε for the VAE), + KL's (σ − 1/σ)
+        beta = float(grad_kl)
+        # ∂/∂σ: grad_z ⊙ (ε(1 − 2σ) − μ) for VAEase (grad_z ⊙ ε for the VAE), + KL's β(σ − 1/σ)
         g_std = torch.addcmul(eps, std, eps, value=-2).sub_(mu) if ctx.gated else eps.clone()
-        g_std.mul_(grad_z).add_(std - std.reciprocal(), alpha=float(grad_kl))
-        # ∂/∂μ: grad_z ⊙ (1 − σ) (VAEase) or grad_z, + KL's μ, through the ReLU
-        g_pre = torch.addcmul(grad_z, grad_z, std, value=-1) if ctx.gated else grad_z.clone()
-        g_pre.add_(mu, alpha=float(grad_kl)).mul_(mu > 0)
+        scratch = std.reciprocal()
+        g_std.mul_(grad_z).add_(std, alpha=beta).sub_(scratch, alpha=beta)
         # σ = sqrt(sigmoid(s)): dσ/ds = σ(1 − σ²)/2, zero where σ² was clamped at MIN_VAR
-        var = std.pow(2)
-        g_s = g_std.mul_(std).mul_(var.neg_().add_(1)).mul_(0.5).mul_(std > math.sqrt(MIN_VAR))
+        torch.mul(std, std, out=scratch).sub_(1).mul_(std)  # −σ(1 − σ²)
+        g_s = g_std.mul_(scratch).mul_(-0.5)
+        if std.min() <= math.sqrt(MIN_VAR):
+            g_s.masked_fill_(std <= math.sqrt(MIN_VAR), 0)
+        # ∂/∂μ: grad_z ⊙ (1 − σ) (VAEase) or grad_z, + KL's βμ, through the ReLU
+        g_pre = torch.addcmul(grad_z, grad_z, std, value=-1, out=scratch) if ctx.gated else scratch.copy_(grad_z)
+        g_pre.add_(mu, alpha=beta).mul_(mu > 0)
         return g_pre, g_s, None, None
 
 
