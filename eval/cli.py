@@ -24,7 +24,7 @@ from saease.eval.evaluator import Evaluation, Options, add_loss, evaluate_store,
 from saease.eval.html import write_html
 from saease.eval.plots import plot_masking, write_masking_csv
 from saease.eval.stream import Notes, open_store, training_store
-from saease.cli import dataclass_args, dataclass_from_args
+from saease.cli import dataclass_args
 from saease.dictionary import Dictionary
 from saease.errors import SaeaseError
 from saease.metrics import MaskingCurve
@@ -68,6 +68,9 @@ class EvalConfig:
     batch_size: int = field(default=8192, metadata={"help": "vectors per batch"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:N (default: cuda when present)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+Config = EvalConfig
 
 
 def add_arguments(parser) -> None:
@@ -116,8 +119,7 @@ def summary_of(e: Evaluation, store) -> dict:
     return out
 
 
-def run(args) -> dict:
-    cfg = dataclass_from_args(EvalConfig, args)
+def run(cfg: EvalConfig) -> dict:
     device, dictionaries, store = open_inputs(cfg)
     notes = Notes()
     out = Path(cfg.out) if cfg.out else None
@@ -144,16 +146,22 @@ def run(args) -> dict:
         summary["warnings"] = list(notes.seen)
     if out is not None:
         atomic_write_json(out / "summary.json", summary)
-    as_json = getattr(args, "json", False)
-    if not as_json:
-        summary.pop("warnings", None)  # already printed to stderr as they came
-    if len(evals) > 1 and not as_json:  # several: a table reads better
-        from saease.eval.compare import table
-
-        print(f"store: {store.path}")
-        print(table([{**s, "dictionary": e.name} for s, e in zip(summaries, evals)]))
-        return {k: v for k, v in summary.items() if k not in ("store", "dictionaries")}
     return summary
+
+
+def show(cfg: EvalConfig, summary: dict) -> dict:
+    """Without --json: the warnings were printed to stderr as they came; several dictionaries
+    read better as a table."""
+    summary = {k: v for k, v in summary.items() if k != "warnings"}
+    if "dictionaries" not in summary:
+        return summary
+    from saease.eval.compare import table
+    from saease.eval.evaluator import labels_for
+
+    rows = summary["dictionaries"]
+    print(f"store: {summary['store']}")
+    print(table([{**s, "dictionary": name} for s, name in zip(rows, labels_for([s["dictionary"] for s in rows]))]))
+    return {k: v for k, v in summary.items() if k not in ("store", "dictionaries")}
 
 
 def write_report(out: Path, evals: list[Evaluation], store, opts: Options, notes: Notes, *,

@@ -14,7 +14,7 @@ from pathlib import Path
 from saease.eval.cli import open_inputs
 from saease.eval.evaluator import Options, add_loss, evaluate_store
 from saease.eval.stream import Notes
-from saease.cli import dataclass_args, dataclass_from_args
+from saease.cli import dataclass_args
 from saease.store import atomic_write_bytes
 
 COLUMNS = [  # (key, header, format)
@@ -43,6 +43,9 @@ class CompareConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
+Config = CompareConfig
+
+
 def add_arguments(parser) -> None:
     dataclass_args(parser, CompareConfig, positional=("dictionaries",))
 
@@ -58,8 +61,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> dict | None:
-    cfg = dataclass_from_args(CompareConfig, args)
+def run(cfg: CompareConfig) -> dict:
     device, dictionaries, store = open_inputs(cfg)
     notes = Notes()
     opts = Options(all_rows=cfg.all_rows, batch_size=cfg.batch_size, masking=False, features=False,
@@ -75,14 +77,15 @@ def run(args) -> dict | None:
     summary = {"store": str(store.path), "rows": rows}
     if notes.seen:
         summary["warnings"] = list(notes.seen)
-    text = table(rows)
     if cfg.out:
         out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out.with_suffix(".md"), (text + "\n").encode())
+        atomic_write_bytes(out.with_suffix(".md"), (table(rows) + "\n").encode())
         atomic_write_bytes(out.with_suffix(".json"), (json.dumps(summary, default=str) + "\n").encode())
-    if getattr(args, "json", False):
-        return summary
-    print(f"store: {store.path}")
-    print(text)
-    return None
+    return summary
+
+
+def show(cfg: CompareConfig, summary: dict) -> None:
+    """Without --json: the store and the markdown table, nothing else."""
+    print(f"store: {summary['store']}")
+    print(table(summary["rows"]))

@@ -17,9 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dataclass_args(parser, HarvestConfig)
 
 
-def run(args) -> dict | None:
+def run(cfg: HarvestConfig) -> dict | None:
     from saease.harvest.loop import run_harvest
-    from saease.cli import dataclass_from_args
 
-    cfg = args if isinstance(args, HarvestConfig) else dataclass_from_args(HarvestConfig, args)
     return run_harvest(cfg)

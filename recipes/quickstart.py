@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from saease.cli import dataclass_args, option
 from saease.errors import SaeaseError
 
 KINDS = ("vaease", "sae-topk")
@@ -34,80 +37,91 @@ LABELS = {"vaease": "VAEase", "sae-topk": "SAE-TopK"}
 CONTEXT = 128  # the plays model's positions
 
 
+@dataclass
+class QuickstartConfig:
+    """`saease quickstart`'s flags."""
+
+    out: str = option("saease-quickstart", "folder for stores, dictionaries and report")
+    model: str | None = option(None, "model to harvest (default: the shipped plays model); e.g. pythia-70m, "
+                                     "a hub id or a local Hugging Face folder")
+    layer: int | None = option(None, "block to hook (default: the middle block of a local model, 2 for a "
+                                     "hub model)")
+    rows: int = option(0, "training activation rows (0: every token of the three harvest plays, ~131k)")
+    eval_rows: int = option(0, "held-out rows for RE/L0/features (0: every token of the held-out plays)")
+    d_latent: int = option(512, "latent width κ of both dictionaries")
+    k: int = option(16, "active latents of the SAE-TopK baseline")
+    epochs: int = option(10, "training epochs per dictionary")
+    loss_seqs: int = option(32, "held-out windows for loss recovered")
+    quick: bool = option(False, "tiny budget for a smoke test (4,096 rows, κ 128, 2 epochs, 4 loss windows)")
+    seed: int = option(0, "seed for training and the loss-recovered windows")
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice)")
+    progress: bool = option(True, "progress bars and stage lines on stderr")
+
+
+Config = QuickstartConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="saease-quickstart", help="folder for stores, dictionaries and report")
-    parser.add_argument("--model", default=None,
-                        help="model to harvest (default: the shipped plays model); e.g. pythia-70m, "
-                             "a hub id or a local Hugging Face folder")
-    parser.add_argument("--layer", type=int, default=None,
-                        help="block to hook (default: the middle block of a local model, 2 for a hub model)")
-    parser.add_argument("--rows", type=int, default=0,
-                        help="training activation rows (default 0: every token of the three harvest plays, ~131k)")
-    parser.add_argument("--eval-rows", type=int, default=0,
-                        help="held-out rows for RE/L0/features (default 0: every token of the held-out plays)")
-    parser.add_argument("--d-latent", type=int, default=512, help="latent width κ of both dictionaries")
-    parser.add_argument("--k", type=int, default=16, help="active latents of the SAE-TopK baseline")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs per dictionary")
-    parser.add_argument("--loss-seqs", type=int, default=32, help="held-out windows for loss recovered")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny budget for a smoke test (4,096 rows, κ 128, 2 epochs, 4 loss windows)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="progress bars and stage lines on stderr")
+    dataclass_args(parser, QuickstartConfig)
 
 
-def run(args) -> dict:
-    if args.quick:
-        args.rows, args.eval_rows = args.rows or 4096, args.eval_rows or 2048
-        args.d_latent, args.epochs, args.loss_seqs = 128, 2, min(args.loss_seqs, 4)
+def run(cfg: QuickstartConfig) -> dict:
+    if cfg.quick:
+        cfg = dataclasses.replace(cfg, rows=cfg.rows or 4096, eval_rows=cfg.eval_rows or 2048, d_latent=128,
+                                  epochs=2, loss_seqs=min(cfg.loss_seqs, 4))
     for name in ("d_latent", "k", "epochs", "loss_seqs"):
-        if getattr(args, name) < 1:
-            raise SaeaseError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer")
+        if getattr(cfg, name) < 1:
+            raise SaeaseError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a positive integer")
     for name in ("rows", "eval_rows"):
-        if getattr(args, name) < 0:
-            raise SaeaseError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 0 (all) or a positive count")
-    if args.threads is not None and args.threads < 1:
-        raise SaeaseError(f"--threads {args.threads}: expected a positive integer")
-    if args.k > args.d_latent:
-        raise SaeaseError(f"--k {args.k}: expected at most --d-latent ({args.d_latent})")
+        if getattr(cfg, name) < 0:
+            raise SaeaseError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected 0 (all) or a positive count")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise SaeaseError(f"--threads {cfg.threads}: expected a positive integer")
+    if cfg.k > cfg.d_latent:
+        raise SaeaseError(f"--k {cfg.k}: expected at most --d-latent ({cfg.d_latent})")
     from saease.train.devices import torch_threads
 
-    with torch_threads(args.threads):
-        return _quickstart(args)
+    with torch_threads(cfg.threads):
+        return _quickstart(cfg)
 
 
-def _quickstart(args) -> dict:
+def show(cfg: QuickstartConfig, summary: dict) -> dict:
+    """The results table, then the rest of the summary (without --json)."""
+    print(table(summary))
+    return {k: v for k, v in summary.items() if k != "results"}
+
+
+def _quickstart(cfg: QuickstartConfig) -> dict:
     from saease.recipes import plays_model
 
     started = time.time()
-    out = Path(args.out)
-    say = _stage_printer(args.progress)
-    model = args.model or str(plays_model.model_path(progress=args.progress))
-    layer = args.layer if args.layer is not None else _middle_layer(model)
+    out = Path(cfg.out)
+    say = _stage_printer(cfg.progress)
+    model = cfg.model or str(plays_model.model_path(progress=cfg.progress))
+    layer = cfg.layer if cfg.layer is not None else _middle_layer(model)
     harvest_text, heldout_text = plays_model.text_folder("harvest"), plays_model.text_folder("heldout")
 
     say(1, f"harvest blocks.{layer}.hook_resid_post of {Path(model).name} over {harvest_text}")
-    train_store = _harvest(model, layer, harvest_text, out / "activations" / "train", args.rows, args.progress)
+    train_store = _harvest(model, layer, harvest_text, out / "activations" / "train", cfg.rows, cfg.progress)
     say(1, f"harvest the held-out plays ({heldout_text})")
-    eval_store = _harvest(model, layer, heldout_text, out / "activations" / "heldout", args.eval_rows, args.progress)
+    eval_store = _harvest(model, layer, heldout_text, out / "activations" / "heldout", cfg.eval_rows, cfg.progress)
 
     dictionaries, trained = {}, {}
     for kind in KINDS:
-        say(2, f"train {LABELS[kind]} (κ = {args.d_latent}, {args.epochs} epochs) on {train_store['n_rows']:,} rows")
+        say(2, f"train {LABELS[kind]} (κ = {cfg.d_latent}, {cfg.epochs} epochs) on {train_store['n_rows']:,} rows")
         folder = out / "dictionaries" / kind
-        flags = ["--data", train_store["store"], "--out", folder, "--kind", kind, "--d-latent", args.d_latent,
-                 "--epochs", args.epochs, "--seed", args.seed, "--overwrite", "--checkpoint-every", 0]
-        flags += ["--k", args.k] if kind == "sae-topk" else []
-        flags += [] if args.progress else ["--no-progress"]
+        flags = ["--data", train_store["store"], "--out", folder, "--kind", kind, "--d-latent", cfg.d_latent,
+                 "--epochs", cfg.epochs, "--seed", cfg.seed, "--overwrite", "--checkpoint-every", 0]
+        flags += ["--k", cfg.k] if kind == "sae-topk" else []
+        flags += [] if cfg.progress else ["--no-progress"]
         trained[kind] = _cli("train", *flags)
         dictionaries[kind] = str(folder)
 
     say(3, "eval on the held-out plays: RE, L0, features.html, loss recovered")
     report = out / "report"
     evaluation = _cli("eval", *dictionaries.values(), "--data", eval_store["store"], "--out", report,
-                      "--loss", "--loss-seqs", args.loss_seqs, "--seed", args.seed,
-                      *([] if args.progress else ["--no-progress"]))
+                      "--loss", "--loss-seqs", cfg.loss_seqs, "--seed", cfg.seed,
+                      *([] if cfg.progress else ["--no-progress"]))
     evals = {Path(e["dictionary"]).name: e for e in evaluation["dictionaries"]}
 
     say(4, "splice each dictionary into the model on a held-out passage")
@@ -126,14 +140,11 @@ def _quickstart(args) -> dict:
     summary = {
         "model": model, "hook": train_store["hook"], "out": str(out),
         "train_rows": train_store["n_rows"], "heldout_rows": eval_store["n_rows"],
-        "d_latent": args.d_latent, "k": args.k, "epochs": args.epochs, "loss_seqs": args.loss_seqs,
+        "d_latent": cfg.d_latent, "k": cfg.k, "epochs": cfg.epochs, "loss_seqs": cfg.loss_seqs,
         "splice_passage": spliced["passage"], "splice_passage_ce_clean": spliced["clean"],
         "results": results, "report": str(report), "seconds": round(time.time() - started, 1),
     }
-    if getattr(args, "json", False):
-        return summary
-    print(table(summary))  # the dispatcher prints the rest
-    return {k: v for k, v in summary.items() if k != "results"}
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------

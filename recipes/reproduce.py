@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from saease.cli import dataclass_args, option
 from saease.errors import SaeaseError
 from saease.store import atomic_write_json
 
@@ -160,22 +163,31 @@ def plot_masking_curves(curves: dict[str, dict], path, title: str) -> str:
 
 # ---- saease reproduce table3 -----------------------------------------------------------------
 
+@dataclass
+class ReproduceConfig:
+    """`saease reproduce`'s flags."""
+
+    table: Literal["table3"] = option(doc="which of the paper's tables to reproduce")
+    model: str = option("pythia-70m-deduped", "model name or local folder")
+    layer: int = option(2, "block whose hook_resid_post is harvested")
+    dataset: str = option("NeelNanda/pile-10k", "hub dataset id or local .jsonl/.txt")
+    scale: float = option(1.0, "fraction of the paper's rows (2,098,176) and epochs (35) to use, in (0, 1]")
+    kinds: list[str] = option(list(ORDER), "'all' or e.g. vaease,vae", type=kinds_arg)
+    d_latent: int = option(300, "latent width κ (paper: 300)")
+    k: int = option(30, "sae-topk's k (paper: 30; at most --d-latent)")
+    encoder: Literal["text", "authors"] = option("text", "VAE kinds' encoder: text (App. D.3) or authors "
+                                                         "(their code)")
+    out: str = option("reproduce/table3", "folder for the store and the dictionaries")
+    device: str | None = option(None, "cpu, cuda, cuda:N (default: cuda when present)")
+    progress: bool = option(True, "show progress bars")
+    seed: int = option(0, "seed for training and the held-out split")
+
+
+Config = ReproduceConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("table", choices=["table3"], help="which of the paper's tables to reproduce")
-    parser.add_argument("--model", default="pythia-70m-deduped", help="model name or local folder")
-    parser.add_argument("--layer", type=int, default=2, help="block whose hook_resid_post is harvested")
-    parser.add_argument("--dataset", default="NeelNanda/pile-10k", help="hub dataset id or local .jsonl/.txt")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="fraction of the paper's rows (2,098,176) and epochs (35) to use, in (0, 1]")
-    parser.add_argument("--kinds", type=kinds_arg, default=list(ORDER), help="'all' or e.g. vaease,vae")
-    parser.add_argument("--d-latent", type=int, default=300, help="latent width κ (paper: 300)")
-    parser.add_argument("--k", type=int, default=30, help="sae-topk's k (paper: 30; at most --d-latent)")
-    parser.add_argument("--encoder", default="text", choices=["text", "authors"],
-                        help="VAE kinds' encoder: text (App. D.3) or authors (their code)")
-    parser.add_argument("--out", default="reproduce/table3", help="folder for the store and the dictionaries")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--seed", type=int, default=0)
+    dataclass_args(parser, ReproduceConfig, positional=("table",))
 
 
 PAPER_ROWS = 2_098_176
@@ -268,51 +280,55 @@ def error_cv(store_path: str, seed: int, max_rows: int = 65_536) -> float:
     return (err.std() / err.mean()).item() if len(err) > 1 and err.mean() > 0 else 0.0
 
 
-def harvest_store(args, out: Path, n_rows: int) -> str:
+def harvest_store(cfg: ReproduceConfig, out: Path, n_rows: int) -> str:
     """Harvest `n_rows` activation vectors the way the paper did (TransformerLens defaults: fold_ln,
     center_writing_weights; 256-token windows, no BOS; float16), through the harvester's API.
     Rerunning with the same settings reuses (or resumes) the store."""
     from saease.harvest.cli import run as harvest_run
     from saease.harvest.config import HarvestConfig
 
-    cfg = HarvestConfig(model=args.model, layer=args.layer, hook="resid_post", dataset=args.dataset,
-                        context_size=256, prepend_bos=False, max_rows=n_rows, dtype="float16",
-                        device=args.device, out=str(out / "store"))
-    return harvest_run(cfg)["store"]
+    harvest = HarvestConfig(model=cfg.model, layer=cfg.layer, hook="resid_post", dataset=cfg.dataset,
+                            context_size=256, prepend_bos=False, max_rows=n_rows, dtype="float16",
+                            device=cfg.device, out=str(out / "store"))
+    return harvest_run(harvest)["store"]
 
 
-def table3_configs(args, store: str, epochs: int) -> dict:
+def table3_configs(cfg: ReproduceConfig, store: str, epochs: int) -> dict:
     from saease.train.config import TrainConfig
 
-    base = TrainConfig.flat(data=store, d_latent=args.d_latent, epochs=epochs, batch_size=BATCH, lr=0.005, t0=5,
-                       t_mult=2, normalize=False, holdout=HOLDOUT, seed=args.seed, device=args.device,
-                       progress=args.progress, overwrite=True)
-    out = Path(args.out)
-    knobs = {**TABLE3_KIND_SETTINGS, "sae-topk": {"k": args.k}}
+    base = TrainConfig.flat(data=store, d_latent=cfg.d_latent, epochs=epochs, batch_size=BATCH, lr=0.005, t0=5,
+                       t_mult=2, normalize=False, holdout=HOLDOUT, seed=cfg.seed, device=cfg.device,
+                       progress=cfg.progress, overwrite=True)
+    out = Path(cfg.out)
+    knobs = {**TABLE3_KIND_SETTINGS, "sae-topk": {"k": cfg.k}}
     return {kind: base.with_(kind=kind, out=str(out / kind), **knobs[kind],
-                          encoder=args.encoder if kind in ("vae", "vaease") else "text")
-            for kind in ORDER if kind in args.kinds}
+                          encoder=cfg.encoder if kind in ("vae", "vaease") else "text")
+            for kind in ORDER if kind in cfg.kinds}
 
 
-def run(args) -> dict:
-    if not 0 < args.scale <= 1:
-        raise SaeaseError(f"--scale {args.scale}: expected a fraction in (0, 1]")
-    if "sae-topk" in args.kinds and not 1 <= args.k <= args.d_latent:
-        raise SaeaseError(f"--k {args.k}: expected 1 ≤ k ≤ --d-latent {args.d_latent}")
-    out = Path(args.out)
-    n_rows, epochs, _ = budget(args.scale)
-    store = harvest_store(args, out, n_rows)
-    warning = budget_warning(args.scale, error_cv(store, args.seed))
+def run(cfg: ReproduceConfig) -> dict:
+    if not 0 < cfg.scale <= 1:
+        raise SaeaseError(f"--scale {cfg.scale}: expected a fraction in (0, 1]")
+    if "sae-topk" in cfg.kinds and not 1 <= cfg.k <= cfg.d_latent:
+        raise SaeaseError(f"--k {cfg.k}: expected 1 ≤ k ≤ --d-latent {cfg.d_latent}")
+    out = Path(cfg.out)
+    n_rows, epochs, _ = budget(cfg.scale)
+    store = harvest_store(cfg, out, n_rows)
+    warning = budget_warning(cfg.scale, error_cv(store, cfg.seed))
     if warning:
         print(f"saease reproduce: warning: {warning}", file=sys.stderr, flush=True)
-    results = train_kinds(table3_configs(args, store, epochs))
-    table = table3_table(results)
-    if not getattr(args, "json", False):
-        print(f"\nTable 3 ({args.model} layer {args.layer}, {n_rows} rows, {epochs} epochs, κ = {args.d_latent}):")
-        print(table + "\n")
-    summary = {"table": "table3", **({"markdown": table} if getattr(args, "json", False) else {}), "store": store, "rows": n_rows, "epochs": epochs, "model": args.model,
-               "layer": args.layer, "warning": warning, "results": {k: {"re": r["re"], "ad": r["ad"], "out": r["out"]}
-                                                for k, r in results.items()},
+    results = train_kinds(table3_configs(cfg, store, epochs))
+    summary = {"table": "table3", "markdown": table3_table(results), "store": store, "rows": n_rows,
+               "epochs": epochs, "model": cfg.model, "layer": cfg.layer, "warning": warning,
+               "results": {k: {"re": r["re"], "ad": r["ad"], "out": r["out"]} for k, r in results.items()},
                "paper": {k: {"re": v[0], "ad": v[1]} for k, v in PAPER_TABLE3.items()}}
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def show(cfg: ReproduceConfig, summary: dict) -> dict:
+    """The table, then the rest of the summary (without --json)."""
+    print(f"\nTable 3 ({summary['model']} layer {summary['layer']}, {summary['rows']} rows, "
+          f"{summary['epochs']} epochs, κ = {cfg.d_latent}):")
+    print(summary["markdown"] + "\n")
+    return {k: v for k, v in summary.items() if k != "markdown"}

@@ -1,8 +1,14 @@
 """The `saease` command line: one sub-command per stage, each a dataclass config.
 
-Each command module exposes `Config` (a dataclass whose fields are the flags) and
-`run(cfg) -> dict` (the JSON summary). `dataclass_args` turns the fields into argparse
-flags: `d_latent: int = 300` becomes `--d-latent 300`, the field's `help` metadata its help.
+Each command module exposes `Config` (a dataclass whose fields are the flags),
+`add_arguments(parser)` (one `dataclass_args` call, plus an epilog or extra groups where a
+command needs them) and `run(cfg) -> dict` (the JSON summary; None for nothing to print).
+`dataclass_args` turns the fields into argparse flags: `d_latent: int = 300` becomes
+`--d-latent 300`, the field's `help` metadata its help; `main` parses the flags, builds the
+config with `dataclass_from_args` (or the module's own `config_from_args`, for a command whose
+settings come in layers, such as `saease train`), and calls `run(cfg)`. A module may also
+define `show(cfg, summary)`: without --json it prints the human view (a table, say) and
+returns what is left to print as `key: value` lines, so `run` itself never prints its result.
 """
 
 from __future__ import annotations
@@ -42,24 +48,52 @@ def _unwrap_optional(tp):
     return tp, False
 
 
+def option(default=dataclasses.MISSING, doc: str = "", **metadata):
+    """A command-config field: its default (none: the flag is required), its --help text and
+    any other `add_field` metadata (type, choices, metavar, cli). List defaults are copied per
+    instance."""
+    metadata = {"help": doc, **metadata}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 def dataclass_args(parser: argparse.ArgumentParser, cls, positional: tuple[str, ...] = ()):
     """Add one flag per field of dataclass `cls` (fields named in `positional` become arguments)."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is not False:
-            add_field(parser, f, hints[f.name], positional=f.name in positional)
+    for f in cli_fields(cls):
+        add_field(parser, f, hints[f.name], positional=f.name in positional)
+
+
+def cli_fields(cls) -> list[dataclasses.Field]:
+    """The fields of dataclass `cls` that `dataclass_args` makes flags of."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli") is not False]
 
 
 def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint, *, positional: bool = False,
               help_suffix: str = "", default=dataclasses.MISSING) -> None:
     """One flag for dataclass field `f` of type `hint`: `d_latent: int = 300` becomes
-    `--d-latent 300`; bools get --x/--no-x, Literal types their choices, lists take several values."""
+    `--d-latent 300`; bools get --x/--no-x, Literal types their choices, lists take several values.
+
+    A field without a default is a required flag (or a required positional argument). Field
+    metadata: `help`; `type`, a function parsing the one token typed (e.g. a comma list such as
+    2,4,6 into [2, 4, 6]; raise argparse.ArgumentTypeError to refuse it), whose list default
+    --help shows comma-joined, the way it is typed; `choices`; `metavar`; `cli=False` (no flag)."""
     tp, optional = _unwrap_optional(hint)
     help_ = f.metadata.get("help", "")
+    parse = f.metadata.get("type")
+    required = False
     if default is dataclasses.MISSING:
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        shown = f"{help_} (default: {default})" if default not in (None, "", []) else help_
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            required, default = True, None
+        shown_default = (",".join(map(str, default)) if parse is not None and isinstance(default, (list, tuple))
+                         else default)
+        shown = (f"{help_} (default: {shown_default})".strip() if default not in (None, "", [])
+                 else help_)
     else:
         shown = help_
     kwargs: dict = {"help": shown + help_suffix}
@@ -69,12 +103,14 @@ def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint, *, po
     elif f.metadata.get("choices"):
         kwargs["choices"] = f.metadata["choices"]
     name = f.name if positional else "--" + f.name.replace("_", "-")
-    if tp is bool:
+    if parse is not None:  # one token, parsed by the field's own function
+        kwargs["type"] = parse
+    elif tp is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
         kwargs["type"] = item
-        kwargs["nargs"] = "+" if not positional else "*"
+        kwargs["nargs"] = "+" if required or not positional else "*"
     else:
         kwargs["type"] = tp
     if positional:
@@ -82,6 +118,8 @@ def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint, *, po
             kwargs["nargs"] = "?"
     else:
         kwargs["dest"] = f.name
+        if required:
+            kwargs["required"] = True
     kwargs["default"] = default
     if f.metadata.get("metavar"):
         kwargs["metavar"] = f.metadata["metavar"]
@@ -130,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     args = sub.parse_args(argv[1:])
     try:
-        summary = module.run(args)
+        cfg = config_of(module, args)
+        summary = module.run(cfg)
+        if summary is not None and not args.json and hasattr(module, "show"):
+            summary = module.show(cfg, summary)
     except SaeaseError as err:
         print(f"saease {name}: {getattr(err, 'label', 'error')}: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
@@ -140,6 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     if summary is not None:
         print_summary(summary, args.json)
     return 0
+
+
+def config_of(module, args: argparse.Namespace):
+    """The config a command's `run` takes: the module's `config_from_args(args)` where it has
+    one, else its `Config` built from the parsed flags (a module without `Config`: the flags)."""
+    if hasattr(module, "config_from_args"):
+        return module.config_from_args(args)
+    if hasattr(module, "Config"):
+        return dataclass_from_args(module.Config, args)
+    return args
 
 
 if __name__ == "__main__":

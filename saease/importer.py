@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import safetensors
 import safetensors.torch
 import torch
 
+from saease.cli import dataclass_args, option
 from saease.errors import SaeaseError
 from saease.store import write_store
 
@@ -44,26 +47,36 @@ def load_array(path, what: str = "array") -> torch.Tensor:
     raise SaeaseError(f"{path}: unsupported file type {path.suffix!r}; expected {', '.join(SUFFIXES)}")
 
 
+@dataclass
+class ImportConfig:
+    """`saease import`'s flags."""
+
+    array: str = option(doc="a .npy, .pt or .safetensors file holding [rows, d_in]")
+    out: str = option(doc="store folder to write")
+    labels: str | None = option(None, "optional file of one integer label per row (same formats)")
+    shard_rows: int = option(65536, "activation rows per shard file")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "storage dtype of the activations")
+
+
+Config = ImportConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("array", help="a .npy, .pt or .safetensors file holding [rows, d_in]")
-    parser.add_argument("--out", required=True, help="store folder to write")
-    parser.add_argument("--labels", help="optional file of one integer label per row (same formats)")
-    parser.add_argument("--shard-rows", type=int, default=65536)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    dataclass_args(parser, ImportConfig, positional=("array",))
 
 
-def run(args) -> dict:
-    acts = load_array(args.array)
+def run(cfg: ImportConfig) -> dict:
+    acts = load_array(cfg.array)
     if acts.ndim != 2:
-        raise SaeaseError(f"{args.array}: array of shape {tuple(acts.shape)}; expected 2-D [rows, d_in]")
+        raise SaeaseError(f"{cfg.array}: array of shape {tuple(acts.shape)}; expected 2-D [rows, d_in]")
     if not acts.is_floating_point():
         acts = acts.float()
     labels = None
-    if args.labels:
-        labels = load_array(args.labels, "labels")
+    if cfg.labels:
+        labels = load_array(cfg.labels, "labels")
         if labels.ndim != 1 or len(labels) != len(acts) or labels.is_floating_point():
-            raise SaeaseError(f"{args.labels}: labels of shape {tuple(labels.shape)} ({labels.dtype}); "
-                              f"expected {len(acts)} integers, one per row of {args.array}")
-    store = write_store(args.out, acts, labels=labels, shard_rows=args.shard_rows, dtype=args.dtype,
-                        source={"imported": str(Path(args.array).resolve())})
+            raise SaeaseError(f"{cfg.labels}: labels of shape {tuple(labels.shape)} ({labels.dtype}); "
+                              f"expected {len(acts)} integers, one per row of {cfg.array}")
+    store = write_store(cfg.out, acts, labels=labels, shard_rows=cfg.shard_rows, dtype=cfg.dtype,
+                        source={"imported": str(Path(cfg.array).resolve())})
     return {"store": str(store.path), "n": store.n_rows, "d_in": store.d_in, "has_labels": labels is not None}

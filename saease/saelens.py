@@ -42,10 +42,12 @@ import inspect
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import safetensors.torch
 import torch
 
+from saease.cli import dataclass_args, option
 from saease.dictionary import Dictionary, make_config
 from saease.errors import SaeaseError
 from saease.store import atomic_write_bytes, atomic_write_json, load_safetensors
@@ -290,24 +292,33 @@ def load_any(path: str | Path, device: str | torch.device = "cpu") -> Dictionary
 # ---- command line: saease saelens export|import -------------------------------------------
 
 
+@dataclass
+class SaelensConfig:
+    """`saease saelens`'s flags."""
+
+    action: Literal["export", "import"] = option(
+        doc="export: saease dictionary → SAELens folder; import: SAELens folder → saease dictionary")
+    path: str = option(doc="the dictionary folder (export) or SAELens SAE folder (import)")
+    out: str = option(doc="folder to write")
+    variance_head: bool = option(False, "export: write a vae as architecture saease-vae, keeping its variance "
+                                        "head (SAELens needs `import saease.saelens_sae` to load it)")
+
+
+Config = SaelensConfig
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("action", choices=("export", "import"),
-                        help="export: saease dictionary → SAELens folder; import: SAELens folder → saease dictionary")
-    parser.add_argument("path", help="the dictionary folder (export) or SAELens SAE folder (import)")
-    parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--variance-head", action="store_true",
-                        help="export: write a vae as architecture saease-vae, keeping its variance head "
-                             "(SAELens needs `import saease.saelens_sae` to load it)")
+    dataclass_args(parser, SaelensConfig, positional=("action", "path"))
 
 
-def run(args) -> dict:
-    if args.action == "export":
-        dictionary = Dictionary.load(args.path)
-        out = export_saelens(dictionary, args.out, variance_head=args.variance_head)
-        return {"exported": str(args.path), "out": str(out), "kind": dictionary.kind,
+def run(cfg: SaelensConfig) -> dict:
+    if cfg.action == "export":
+        dictionary = Dictionary.load(cfg.path)
+        out = export_saelens(dictionary, cfg.out, variance_head=cfg.variance_head)
+        return {"exported": str(cfg.path), "out": str(out), "kind": dictionary.kind,
                 "architecture": read_saelens_cfg(out).architecture}
-    dictionary = import_saelens(args.path)
-    out = dictionary.save(args.out)
-    return {"imported": str(args.path), "out": str(out), "kind": dictionary.kind,
+    dictionary = import_saelens(cfg.path)
+    out = dictionary.save(cfg.out)
+    return {"imported": str(cfg.path), "out": str(out), "kind": dictionary.kind,
             "d_in": dictionary.cfg.d_in, "d_latent": dictionary.cfg.d_latent,
             "hook": dictionary.cfg.source.get("hook")}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
 
 from saease import synth
+from saease.cli import dataclass_args, option
 from saease.errors import SaeaseError
 from saease.store import write_store
 
@@ -17,42 +20,48 @@ def int_list(text: str) -> list[int]:
     return dims
 
 
+@dataclass
+class SynthConfig:
+    """`saease synth`'s flags."""
+
+    dataset: Literal["subspaces", "manifolds", "superposition"] = option(doc="which synthetic dataset")
+    out: str = option(doc="store folder to write")
+    n: int | None = option(None, "points (subspaces: 500000; superposition: 200000)")
+    n_per: int = option(200_000, "points per manifold (manifolds)")
+    dims: list[int] | None = option(None, "manifold dimensions (subspaces: 4,4,4; manifolds: 5,5,10,10)",
+                                    type=int_list)
+    ambient: int | None = option(None, "ambient dimension (subspaces: 40; manifolds: 100; superposition: 512)")
+    n_features: int = option(4096, "true feature directions (superposition)")
+    mean_active: float = option(12.0, "mean features per vector (superposition)")
+    seed: int = option(0, "random seed")
+
+
+Config = SynthConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=["subspaces", "manifolds", "superposition"],
-                        help="which synthetic dataset")
-    parser.add_argument("--out", required=True, help="store folder to write")
-    parser.add_argument("--n", type=int, default=None,
-                        help="points (subspaces: 500000; superposition: 200000)")
-    parser.add_argument("--n-per", type=int, default=200_000, help="points per manifold (manifolds)")
-    parser.add_argument("--dims", type=int_list, default=None,
-                        help="manifold dimensions (subspaces: 4,4,4; manifolds: 5,5,10,10)")
-    parser.add_argument("--ambient", type=int, default=None,
-                        help="ambient dimension (subspaces: 40; manifolds: 100; superposition: 512)")
-    parser.add_argument("--n-features", type=int, default=4096, help="true feature directions (superposition)")
-    parser.add_argument("--mean-active", type=float, default=12.0,
-                        help="mean features per vector (superposition)")
-    parser.add_argument("--seed", type=int, default=0)
+    dataclass_args(parser, SynthConfig, positional=("dataset",))
 
 
-def run(args) -> dict:
-    if (args.n is not None and args.n < 1) or args.n_per < 1:
-        raise SaeaseError(f"--n {args.n} / --n-per {args.n_per}: expected positive integers")
-    if args.dataset == "subspaces":
-        dims = args.dims or [4, 4, 4]
-        x, labels = synth.subspaces(args.n or 500_000, dims, args.ambient or 40, args.seed)
+def run(cfg: SynthConfig) -> dict:
+    if (cfg.n is not None and cfg.n < 1) or cfg.n_per < 1:
+        raise SaeaseError(f"--n {cfg.n} / --n-per {cfg.n_per}: expected positive integers")
+    if cfg.dataset == "subspaces":
+        dims = cfg.dims or [4, 4, 4]
+        x, labels = synth.subspaces(cfg.n or 500_000, dims, cfg.ambient or 40, cfg.seed)
         extra, params = {}, {"n": len(x), "dims": dims}
-    elif args.dataset == "manifolds":
-        dims = args.dims or [5, 5, 10, 10]
-        x, labels = synth.manifolds(args.n_per, dims, args.ambient or 100, args.seed)
-        extra, params = {}, {"n_per": args.n_per, "dims": dims}
+    elif cfg.dataset == "manifolds":
+        dims = cfg.dims or [5, 5, 10, 10]
+        x, labels = synth.manifolds(cfg.n_per, dims, cfg.ambient or 100, cfg.seed)
+        extra, params = {}, {"n_per": cfg.n_per, "dims": dims}
     else:
-        x, counts, directions = synth.superposition(args.n or 200_000, args.n_features, args.ambient or 512,
-                                                    args.mean_active, args.seed)
+        x, counts, directions = synth.superposition(cfg.n or 200_000, cfg.n_features, cfg.ambient or 512,
+                                                    cfg.mean_active, cfg.seed)
         labels, extra = None, {"n_active": counts}
-        params = {"n": len(x), "n_features": args.n_features, "mean_active": args.mean_active}
-    source = {"synthetic": args.dataset, "seed": args.seed, "ambient": x.shape[1], **params}
-    store = write_store(args.out, x, labels=labels, source=source, **extra)
-    if args.dataset == "superposition":
+        params = {"n": len(x), "n_features": cfg.n_features, "mean_active": cfg.mean_active}
+    source = {"synthetic": cfg.dataset, "seed": cfg.seed, "ambient": x.shape[1], **params}
+    store = write_store(cfg.out, x, labels=labels, source=source, **extra)
+    if cfg.dataset == "superposition":
         from saease.store import atomic_write_bytes
         import safetensors.torch
         atomic_write_bytes(store.path / "features.safetensors", safetensors.torch.save({"directions": directions}))

@@ -485,9 +485,10 @@ def test_plan_covers_every_row_once():
         assert sum(shares, []) == list(range(plan.n_shards))
 
 
-def test_cli_run_accepts_config_and_namespace(tiny_pythia, tiny_text_dataset, tmp_path):
+def test_cli_flags_build_the_config_that_run_takes(tiny_pythia, tiny_text_dataset, tmp_path):
     import argparse
 
+    from saease.cli import dataclass_from_args
     from saease.harvest.cli import add_arguments
 
     parser = argparse.ArgumentParser()
@@ -495,7 +496,10 @@ def test_cli_run_accepts_config_and_namespace(tiny_pythia, tiny_text_dataset, tm
     args = parser.parse_args(["--model", tiny_pythia, "--dataset", tiny_text_dataset, "--layer", "0",
                               "--context-size", "16", "--max-rows", "64", "--out", str(tmp_path / "n"),
                               "--hook", "mlp_out", "--device", "cpu"])
-    summary = cli_run(args)
+    cfg = dataclass_from_args(HarvestConfig, args)
+    assert cfg == HarvestConfig(model=tiny_pythia, dataset=tiny_text_dataset, layer=0, context_size=16,
+                                max_rows=64, out=str(tmp_path / "n"), hook="mlp_out", device="cpu")
+    summary = cli_run(cfg)
     assert summary["hook"] == "blocks.0.hook_mlp_out" and summary["n_rows"] == 64
     assert ActivationStore(tmp_path / "n").dtype == "float16"
 

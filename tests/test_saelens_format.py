@@ -4,7 +4,6 @@ math, z = act((x − b_dec·apply_b_dec_to_input) @ W_enc + b_enc), x̂ = z @ W_
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from saease.dictionary import Dictionary
 from saease.metrics import active_mask
 from saease.errors import SaeaseError
-from saease.saelens import add_arguments, export_saelens, import_saelens, load_any, run
+from saease.saelens import SaelensConfig, export_saelens, import_saelens, load_any, run
 
 D_IN, D_SAE = 16, 40
 SOURCE = {"model": "EleutherAI/pythia-70m-deduped", "hook": "blocks.2.hook_resid_post", "layer": 2,
@@ -277,7 +276,7 @@ def test_cli_and_eval_on_an_imported_sae(tmp_path):
     folder = write_saelens(tmp_path / "sae", {"d_in": D_IN, "d_sae": D_SAE, "architecture": "standard",
                                               "metadata": {"sae_lens_version": "6.5.0", "hook_name": "blocks.0.hook_resid_post"}},
                            random_weights())
-    summary = run(parse("import", folder, "--out", tmp_path / "dict"))
+    summary = run(SaelensConfig("import", str(folder), out=str(tmp_path / "dict")))
     assert summary["kind"] == "sae-l1" and summary["hook"] == "blocks.0.hook_resid_post"
     x = torch.randn(300, D_IN)
     store = write_store(tmp_path / "store", x)
@@ -290,14 +289,8 @@ def test_cli_and_eval_on_an_imported_sae(tmp_path):
     direct = run_cli("eval", folder, "--data", store.path, "--no-loss", "--no-progress", "--json")  # no import step
     assert direct.returncode == 0, direct.stderr
     assert find_number(json.loads(direct.stdout.strip().splitlines()[-1]), "re") == pytest.approx(find_number(metrics, "re"))
-    summary = run(parse("export", tmp_path / "dict", "--out", tmp_path / "again"))
+    summary = run(SaelensConfig("export", str(tmp_path / "dict"), out=str(tmp_path / "again")))
     assert summary["architecture"] == "standard" and (tmp_path / "again" / "cfg.json").is_file()
-
-
-def parse(*args):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args([str(a) for a in args])
 
 
 def find_number(obj, key):

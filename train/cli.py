@@ -3,7 +3,8 @@
 Settings come in layers, each overriding the one before: TrainConfig's defaults (the paper's
 LLM settings), `--config FILE.yaml`, the flags given, and, when `wandb agent` launched the
 command, the sweep's `wandb.config`. With `--resume DIR` the checkpoint's settings replace
-the defaults, so only what changes (say `--epochs`) needs repeating.
+the defaults, so only what changes (say `--epochs`) needs repeating. `config_from_args` does
+that layering and hands `run` the TrainConfig.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from saease.errors import SaeaseError
 from saease.train import checkpoint
 from saease.train.config import DEFAULT_KIND, TrainConfig, config_from_mapping, dictionary_fields, field_names
 from saease.train.trainer import train
+
+Config = TrainConfig
 
 
 def add_arguments(parser) -> None:
@@ -36,7 +39,9 @@ def add_arguments(parser) -> None:
             action.default = argparse.SUPPRESS
 
 
-def run(args) -> dict:
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's TrainConfig from the parsed flags, layered over --config's YAML, the sweep's
+    wandb.config and a resumed checkpoint's settings (see the module's docstring)."""
     given = {k: v for k, v in vars(args).items() if k in set(field_names())}
     values = read_yaml(args.config) if args.config else {}
     values.update(given)
@@ -48,7 +53,11 @@ def run(args) -> dict:
     if values.get("resume"):
         saved = checkpoint.load(values["resume"])["train_config"]
         values = {**saved, "out": None, "overwrite": False, **values}
-    _, summary = train(TrainConfig.flat(**values))
+    return TrainConfig.flat(**values)
+
+
+def run(cfg: TrainConfig) -> dict | None:
+    _, summary = train(cfg)
     return summary if int(os.environ.get("RANK", "0")) == 0 else None  # one summary per torchrun job
 
 

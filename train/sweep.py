@@ -41,7 +41,7 @@ DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform
 class SweepConfig:
     """`saease sweep`'s flags."""
 
-    file: str = field(default=None, metadata={
+    file: str = field(metadata={
         "help": f"sweep YAML, or a shipped one by name ({', '.join(sorted(p.stem for p in SHIPPED.glob('*.yaml')))})"})
     local: bool = field(default=False, metadata={
         "help": "run the sweep here (grid or random), each run logged to W&B offline, no server needed"})
@@ -54,23 +54,34 @@ class SweepConfig:
     entity: str | None = field(default=None, metadata={"help": "W&B entity (default: the YAML's, else your default)"})
 
 
+Config = SweepConfig
+
+
 def add_arguments(parser) -> None:
     dataclass_args(parser, SweepConfig, positional=("file",))
 
 
-def run(args) -> dict:
-    path = locate(args.file)
+def run(cfg: SweepConfig) -> dict:
+    path = locate(cfg.file)
     spec = read_spec(path)
-    fixed = parse_sets(args.set)
+    fixed = parse_sets(cfg.set)
     name = str(spec.get("name") or path.stem)
-    project = args.project or spec.get("project") or "saease"
-    entity = args.entity or spec.get("entity")
-    if args.count is not None and args.count < 1:
-        raise SaeaseError(f"--count {args.count}: expected a positive number of runs")
-    if args.local:
-        return run_local(spec, name, fixed, count=args.count, out=Path(args.out), seed=args.seed, project=project,
-                         show=not getattr(args, "json", False))
+    project = cfg.project or spec.get("project") or "saease"
+    entity = cfg.entity or spec.get("entity")
+    if cfg.count is not None and cfg.count < 1:
+        raise SaeaseError(f"--count {cfg.count}: expected a positive number of runs")
+    if cfg.local:
+        return run_local(spec, name, fixed, count=cfg.count, out=Path(cfg.out), seed=cfg.seed, project=project)
     return register(spec, name, fixed, project=project, entity=entity)
+
+
+def show(cfg: SweepConfig, summary: dict) -> dict:
+    """Without --json: a local sweep's RE–L0 Pareto set as a table, then the summary."""
+    if "pareto" in summary:
+        print(f"\nRE–L0 Pareto set of sweep {summary['sweep']} ({len(summary['pareto'])} of "
+              f"{summary['runs']} runs):")
+        print(pareto_table(summary["pareto"]) + "\n")
+    return summary
 
 
 # ---- reading and checking a sweep file ---------------------------------------------------------
@@ -200,7 +211,7 @@ def planned_runs(spec: dict, count: int | None, seed: int, where: str) -> list[d
 
 
 def run_local(spec: dict, name: str, fixed: dict, *, count: int | None, out: Path, seed: int,
-              project: str, show: bool = True) -> dict:
+              project: str) -> dict:
     import wandb
 
     from saease.train.trainer import train
@@ -228,9 +239,6 @@ def run_local(spec: dict, name: str, fixed: dict, *, count: int | None, out: Pat
     best = (min if goal == "minimize" else max)(scored, key=lambda r: r[metric]) if scored else None
     front = pareto_set(results)
     plot = plot_pareto(results, front, logs / "pareto.png", title=f"sweep {name}: RE against L0")
-    if show:
-        print(f"\nRE–L0 Pareto set of sweep {name} ({len(front)} of {len(results)} runs):")
-        print(pareto_table(front) + "\n")
     summary = {"sweep": name, "method": spec["method"], "runs": len(results), "metric": metric, "goal": goal,
                "pareto": front, "best": best, "plot": plot, "results": results,
                "wandb": f"offline; upload with `wandb sync {logs / 'wandb'}/offline-run-*`"}
