@@ -42,15 +42,17 @@ class GatedCode(torch.autograd.Function):
     def forward(ctx, proj: Tensor, r_mag: Tensor, b_mag: Tensor, b_gate: Tensor):
         scale = r_mag.exp()
         gate_acts = torch.add(proj, b_gate).relu_()
-        z = torch.addcmul(b_mag, proj, scale).relu_().mul_(gate_acts > 0)
+        # 1{π_gate > 0} as sign(ReLU(π_gate)): a float mask, as mixing bool and float tensors
+        # runs several times slower in PyTorch's CPU kernels
+        z = torch.addcmul(b_mag, proj, scale).relu_().mul_(torch.sign(gate_acts))
         ctx.save_for_backward(proj, scale, z, gate_acts)
         return z, gate_acts
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_gate_acts: Tensor):
         proj, scale, z, gate_acts = ctx.saved_tensors
-        grad_mag = grad_z * (z > 0)
-        grad_gate = grad_gate_acts * (gate_acts > 0)
+        grad_mag = grad_z * torch.sign(z)  # z ≥ 0, so sign(z) = 1{z > 0}
+        grad_gate = grad_gate_acts * torch.sign(gate_acts)
         grad_r = (grad_mag * proj).sum(0) * scale
         grad_b_mag, grad_b_gate = grad_mag.sum(0), grad_gate.sum(0)
         return grad_mag.mul_(scale).add_(grad_gate), grad_r, grad_b_mag, grad_b_gate

@@ -49,21 +49,24 @@ class JumpReLUWithL0(torch.autograd.Function):
         ∂z/∂θ ≈ −θ K((pre − θ)/ε)/ε,   ∂H/∂θ ≈ −K((pre − θ)/ε)/ε,   K(u) = 1{|u| < ½},
 
     and ∂z/∂pre = H(pre − θ) (none through the L0). Autograd through separate JumpReLU and step
-    functions would compare pre with θ, and form the kernel, twice."""
+    functions would compare pre with θ, and form the kernel, twice. Masks are float tensors:
+    PyTorch's CPU kernels that mix bool and float tensors run several times slower."""
 
     @staticmethod
     def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
-        fires = pre > threshold
+        fires = torch.gt(pre, threshold, out=torch.empty_like(pre))  # 1{pre > θ}, a float mask
         ctx.save_for_backward(pre, threshold, fires)
         ctx.bandwidth = bandwidth
-        return pre * fires, fires.sum(dtype=pre.dtype)
+        return pre * fires, fires.sum()
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_l0: Tensor):
         pre, threshold, fires = ctx.saved_tensors
         eps = ctx.bandwidth
-        near = (pre - threshold).abs_() < eps / 2  # K((pre − θ)/ε) ≠ 0
-        grad_threshold = -(threshold * (grad_z * near).sum(0) + grad_l0 * near.sum(0, dtype=pre.dtype)) / eps
+        near = (pre - threshold).abs_()
+        torch.lt(near, eps / 2, out=near)  # K((pre − θ)/ε), a float mask
+        n_near = near.sum(0)
+        grad_threshold = -(threshold * near.mul_(grad_z).sum(0) + grad_l0 * n_near) / eps
         return grad_z * fires, grad_threshold, None
 
 

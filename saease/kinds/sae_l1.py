@@ -22,8 +22,10 @@ class ReLUSum(torch.autograd.Function):
     """(z, Σ z) with z = ReLU(pre): the code and its ℓ1 norm (Σ|z| = Σ z, as z ≥ 0), fused.
 
     Autograd through relu → abs → sum allocates and passes over a batch × κ tensor for each
-    op, and abs's backward takes two more (sign, multiply); here the backward is one pass,
-    (∂z + ∂Σ) ⊙ 1{z > 0}. `tests/test_kinds.py` checks it against autograd."""
+    op, and abs's backward takes two more (sign, multiply); here the backward is
+    (∂z + ∂Σ) ⊙ 1{z > 0}, the mask a float tensor (PyTorch's CPU kernels that mix bool and float
+    tensors run several times slower than float ones). `tests/test_kinds.py` checks it against
+    autograd."""
 
     @staticmethod
     def forward(ctx, pre: Tensor):
@@ -34,7 +36,7 @@ class ReLUSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_sum: Tensor):
         (z,) = ctx.saved_tensors
-        return (grad_z + grad_sum).mul_(z > 0)
+        return (grad_z + grad_sum).mul_(torch.sign(z))  # sign(z) = 1{z > 0} as z ≥ 0, a float mask
 
 
 @register("sae-l1")

@@ -32,7 +32,7 @@ class ReLULogSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_sum: Tensor):
         (z,) = ctx.saved_tensors
-        return (z + LOG_EPS).reciprocal_().mul_(grad_sum).add_(grad_z).mul_(z > 0)
+        return (z + LOG_EPS).reciprocal_().mul_(grad_sum).add_(grad_z).mul_(torch.sign(z))
 
 
 @register("sae-log")

@@ -89,7 +89,7 @@ class GaussianSample(torch.autograd.Function):
             g_s.masked_fill_(std <= math.sqrt(MIN_VAR), 0)
         # ∂/∂μ: grad_z ⊙ (1 − σ) (VAEase) or grad_z, + KL's βμ, through the ReLU
         g_pre = torch.addcmul(grad_z, grad_z, std, value=-1, out=scratch) if ctx.gated else scratch.copy_(grad_z)
-        g_pre.add_(mu, alpha=beta).mul_(mu > 0)
+        g_pre.add_(mu, alpha=beta).mul_(torch.sign(mu))  # 1{μ > 0}, a float mask (μ ≥ 0)
         return g_pre, g_s, None, None
 
 
