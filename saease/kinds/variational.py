@@ -56,9 +56,10 @@ class GaussianSample(torch.autograd.Function):
 
     with g(σ) = 1 − σ (VAEase) or 1 (VAE). Returns (z, the KL summed over the batch). Autograd
     through the same expression allocates a batch × κ tensor for every intermediate and every
-    gradient (~35 passes over memory on a wide step); this does the forward in 5 and the backward
-    in 6, writing into the tensors it already holds. `tests/test_kinds.py` checks its gradients
-    against autograd's."""
+    gradient (~35 passes over memory on a wide step); this keeps three (μ, σ, ε) for the backward,
+    which works in place in two more, with float masks (PyTorch's CPU kernels that mix bool and
+    float tensors run several times slower). `tests/test_kinds.py` checks its gradients against
+    autograd's."""
 
     @staticmethod
     def forward(ctx, pre: Tensor, s: Tensor, eps: Tensor, gated: bool):
