@@ -155,10 +155,12 @@ def test_vaease_keeps_every_direction_whatever_the_units_and_seed(tmp_path, seed
 
 
 def test_without_the_kl_warm_up_the_gates_close_before_anything_is_learned(tmp_path):
-    """The failure the warm-up fixes: on normalized inputs every gate shuts within the first steps."""
+    """The failure the warm-up fixes: on normalized inputs every gate shuts within the first steps
+    (without the re-opening of shut latents, which can bring them back later, docs/vaease.md)."""
     x, labels = subspaces(8000, [3, 6], ambient=30, seed=0)
     store = write_store(tmp_path / "s", x, labels=labels)
     _, m = train(TrainConfig.flat(data=str(store.path), out=str(tmp_path / "d"), d_latent=20, encoder_layers=4,
-                                  epochs=60, batch_size=1024, lr=0.01, kl_warmup=0.0, progress=False, threads=1,
+                                  epochs=60, batch_size=1024, lr=0.01, kl_warmup=0.0, kl_peak=1.0, reopen_every=0.0,
+                                  progress=False, threads=1,
                                   checkpoint_every=0))
     assert m["re"] > 0.1 * x.pow(2).sum(-1).mean().item()  # most of the signal lost

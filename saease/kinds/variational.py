@@ -34,6 +34,12 @@ class VariationalConfig(DictionaryConfig):
     sigma_init: float = knob(0.5, "the σ² every latent starts at (b_sig = logit(sigma_init))")
     kl_warmup: float = knob(0.02, "fraction of training over which the KL's weight ramps from 0 to 1 "
                             "(0: full weight from the first step)")
+    kl_peak: float = knob(1.0, "the KL's weight β held right after the warm-up, before it returns to 1 "
+                          "(1: no overshoot)")
+    kl_peak_len: float = knob(0.05, "fraction of training β stays at kl_peak, and again to return to 1")
+    reopen_every: float = knob(0.0, "re-open the latents shut on the whole batch each time training "
+                               "crosses a multiple of this fraction (0: never)")
+    reopen_until: float = knob(0.5, "fraction of training after which latents are no longer re-opened")
 
     def __post_init__(self):
         super().__post_init__()
@@ -43,6 +49,12 @@ class VariationalConfig(DictionaryConfig):
             raise SaeaseError(f"--gamma-floor {self.gamma_floor}: expected a value > 0")
         if not 0 <= self.kl_warmup <= 1:
             raise SaeaseError(f"--kl-warmup {self.kl_warmup}: expected a fraction of training in [0, 1]")
+        if self.kl_peak <= 0:
+            raise SaeaseError(f"--kl-peak {self.kl_peak}: expected a weight > 0")
+        for name in ("kl_peak_len", "reopen_every", "reopen_until"):
+            if not 0 <= getattr(self, name) <= 1 or (name == "kl_peak_len" and self.kl_peak_len == 0):
+                raise SaeaseError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a fraction "
+                                  f"of training in {'(0' if name == 'kl_peak_len' else '[0'}, 1]")
 
     @property
     def deep_encoder(self) -> bool:
@@ -197,12 +209,53 @@ class VariationalDictionary(Dictionary):
 
     def kl_weight(self) -> Tensor:
         """β of the KL term: min(1, progress / kl_warmup), a linear warm-up over the first
-        `kl_warmup` of training. Without it, on normalized inputs, both the NLL and the KL push
+        `kl_warmup` of training, times `kl_peak` for the next `kl_peak_len`, which then returns
+        linearly to 1 over as long (VAEase: 1.5; the overshoot prunes latents shared between
+        subspaces, `after_step` re-opens what it pruned too far; docs/vaease.md). Without it, on normalized inputs, both the NLL and the KL push
         every gate shut (σ² → 1) within the first tens of steps, before the mean head and the
         decoder carry any signal, and a shut gate gets almost no gradient back (docs/kinds.md)."""
-        if self.cfg.kl_warmup == 0:
-            return torch.ones((), device=self.progress.device)
-        return (self.progress / self.cfg.kl_warmup).clamp(0, 1)
+        c, p = self.cfg, self.progress
+        ramp = torch.ones((), device=p.device) if c.kl_warmup == 0 else (p / c.kl_warmup).clamp(0, 1)
+        if c.kl_peak == 1:
+            return ramp
+        back = ((p - c.kl_warmup - c.kl_peak_len) / c.kl_peak_len).clamp(0, 1)
+        return ramp * (c.kl_peak + (1 - c.kl_peak) * back)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Re-open shut latents each time training crosses a multiple of `reopen_every`, up to
+        `reopen_until`: a latent with σ² > 0.5 on every row of the last batch restarts as at
+        initialisation (σ² = sigma_init, a fresh mean-head column), its decoder row along the
+        residual of one of the batch's worst-reconstructed inputs. A shut gate gets almost no
+        gradient back, so without this a direction the KL's overshoot (`kl_peak`) pruned would
+        stay lost (docs/vaease.md)."""
+        super().after_step()
+        c = self.cfg
+        x, self._last_x = getattr(self, "_last_x", None), None
+        if c.reopen_every <= 0 or x is None:
+            return
+        p = float(self.progress)
+        prev, self._last_progress = getattr(self, "_last_progress", p), p  # a resume starts here
+        if p > c.reopen_until or math.floor(p / c.reopen_every) <= math.floor(prev / c.reopen_every):
+            return
+        enc = self.encoder_output(x)
+        shut = (enc.var > 0.5).all(0).nonzero().flatten()
+        if len(shut) == 0:
+            return
+        resid = x - self.decode_scaled(self.code_from(enc))
+        rows = resid[resid.pow(2).sum(-1).topk(min(len(shut), len(x))).indices]
+        shut = shut[:len(rows)]
+        alive = torch.ones(c.d_latent, dtype=torch.bool, device=x.device)
+        alive[shut] = False
+        norm = self.W_dec[alive].norm(dim=1).median() if alive.any() else 1.0
+        self.W_dec[shut] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm
+        fresh = torch.empty(len(shut), self.W_enc.shape[0], device=x.device)
+        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5))
+        self.W_enc[:, shut] = fresh.T.to(self.W_enc.dtype)
+        self.b_enc[shut] = 0
+        self.W_sig[:, shut] = torch.randn(self.W_sig.shape[0], len(shut), device=x.device,
+                                          dtype=self.W_sig.dtype) * (0.01 / math.sqrt(self.W_sig.shape[0]))
+        self.b_sig[shut] = math.log(c.sigma_init / (1 - c.sigma_init))
 
     def gamma(self, sq: Tensor | None = None) -> Tensor:
         """γ: the global batch's optimal γ* = mean ‖x − x̂‖²/d (detached) in "optimal" mode,
@@ -214,6 +267,7 @@ class VariationalDictionary(Dictionary):
 
     def loss(self, x, generator=None):
         x = self.scale_in(x)
+        self._last_x = x.detach() if self.cfg.reopen_every > 0 else None
         n = len(x)
         if not self.cfg.deep_encoder:  # one linear layer per head: the fused elementwise core
             h = self.trunk(x)
