@@ -207,6 +207,8 @@ class Dictionary(nn.Module):
         # kinds whose loss follows a schedule; 1 outside training. A tensor, so torch.compile
         # does not specialise on its value.
         self.register_buffer("progress", torch.tensor(1.0), persistent=False)
+        # The same as Python floats, before and after this step (no device sync to read them).
+        self.progress_span = (1.0, 1.0)
         d_in, d_latent = cfg.d_in, cfg.d_latent
 
         # Encoder trunk: the synthetic experiments' deeper encoders (Swish MLP, hidden 2κ), or
@@ -299,6 +301,17 @@ class Dictionary(nn.Module):
         `mse` (‖x − x̂‖² per vector) and the kind's own terms. May also return `fired`, a [κ]
         bool of the latents whose training code was non-zero in some row."""
         raise NotImplementedError
+
+    def set_progress(self, step: int, total: int) -> None:
+        """Training is at `step` of `total` (the trainer calls this before each step)."""
+        self.progress.fill_(min(1.0, step / total))
+        self.progress_span = (min(1.0, step / total), min(1.0, (step + 1) / total))
+
+    def crossed(self, every: float) -> bool:
+        """Whether this step crosses a multiple of the fraction `every` of training: a schedule
+        that depends only on the step, so a resumed run does what an uninterrupted one does."""
+        start, end = self.progress_span
+        return math.floor(end / every) > math.floor(start / every)
 
     def sum_(self, t: Tensor) -> Tensor:
         """`t` summed over training processes, in place (a no-op in one process)."""

@@ -156,7 +156,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         for b in stream:
             x = b.x.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=False)
-            model.progress.fill_(min(1.0, step / horizon))
+            model.set_progress(step, horizon)
             terms = loss_of(x, noise)
             fired = terms.pop("fired", None)
             # each process's loss is the mean over its slice; DDP averages gradients over the

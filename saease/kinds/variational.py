@@ -224,36 +224,36 @@ class VariationalDictionary(Dictionary):
     @torch.no_grad()
     def after_step(self) -> None:
         """Re-open shut latents each time training crosses a multiple of `reopen_every`, up to
-        `reopen_until`: a latent with σ² > 0.5 on every row of the last batch restarts as at
-        initialisation (σ² = sigma_init, a fresh mean-head column), its decoder row along the
-        residual of one of the batch's worst-reconstructed inputs. A shut gate gets almost no
-        gradient back, so without this a direction the KL's overshoot (`kl_peak`) pruned would
-        stay lost (docs/vaease.md)."""
+        `reopen_until`: a latent with σ² > 0.5 on every row of the last batch (of every process)
+        restarts as at initialisation — fresh head columns, σ² = sigma_init, its decoder row along
+        the residual of one of the batch's worst-reconstructed inputs — as SAE dead-latent
+        resampling does. A shut gate gets almost no gradient back, so without this a
+        direction the KL's overshoot (`kl_peak`) pruned would stay lost (docs/vaease.md)."""
         super().after_step()
         c = self.cfg
         x, self._last_x = getattr(self, "_last_x", None), None
-        if c.reopen_every <= 0 or x is None:
-            return
-        p = float(self.progress)
-        prev, self._last_progress = getattr(self, "_last_progress", p), p  # a resume starts here
-        if p > c.reopen_until or math.floor(p / c.reopen_every) <= math.floor(prev / c.reopen_every):
+        if (c.reopen_every <= 0 or x is None or self.progress_span[0] >= c.reopen_until
+                or not self.crossed(c.reopen_every)):
             return
         enc = self.encoder_output(x)
-        shut = (enc.var > 0.5).all(0).nonzero().flatten()
+        open_somewhere = self.sum_((enc.var <= 0.5).any(0).float())  # summed over processes
+        shut = (open_somewhere == 0).nonzero().flatten()[:len(x)]
         if len(shut) == 0:
             return
         resid = x - self.decode_scaled(self.code_from(enc))
-        rows = resid[resid.pow(2).sum(-1).topk(min(len(shut), len(x))).indices]
-        shut = shut[:len(rows)]
+        rows = self.sum_(resid[resid.pow(2).sum(-1).topk(len(shut)).indices])  # the same on every process
+        rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
         alive = torch.ones(c.d_latent, dtype=torch.bool, device=x.device)
         alive[shut] = False
-        norm = self.W_dec[alive].norm(dim=1).median() if alive.any() else 1.0
-        self.W_dec[shut] = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm
-        fresh = torch.empty(len(shut), self.W_enc.shape[0], device=x.device)
-        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5))
-        self.W_enc[:, shut] = fresh.T.to(self.W_enc.dtype)
+        norm = self.W_dec[alive].norm(dim=1).median() if alive.any() else torch.ones((), device=x.device)
+        self.W_dec[shut] = rows * norm
+        # fresh head columns as `__init__` draws them, from a generator seeded by the step: the
+        # same on every process and in a resumed run
+        g = torch.Generator(device=x.device).manual_seed(round(self.progress_span[1] * 2 ** 31))
+        fresh = torch.empty(len(shut), self.W_enc.shape[0], device=x.device, dtype=self.W_enc.dtype)
+        self.W_enc[:, shut] = nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=g).T
         self.b_enc[shut] = 0
-        self.W_sig[:, shut] = torch.randn(self.W_sig.shape[0], len(shut), device=x.device,
+        self.W_sig[:, shut] = torch.randn(self.W_sig.shape[0], len(shut), generator=g, device=x.device,
                                           dtype=self.W_sig.dtype) * (0.01 / math.sqrt(self.W_sig.shape[0]))
         self.b_sig[shut] = math.log(c.sigma_init / (1 - c.sigma_init))
 
