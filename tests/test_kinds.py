@@ -262,3 +262,48 @@ def test_fused_gaussian_sample_matches_autograd(gated):
     for a, b in zip(fused, ref):
         torch.testing.assert_close(a, b)
     assert fused[1][0, 0] == 0
+
+
+def test_schedule_crossings_depend_only_on_the_step():
+    d = make("sae-l1")
+    crossings = []
+    for step in range(40):
+        d.set_progress(step, 40)
+        crossings += [step] if d.crossed(0.25) else []
+    assert crossings == [9, 19, 29, 39]  # the steps whose end crosses 1/4, 2/4, 3/4, 1
+    d.set_progress(19, 40)  # a resumed run at step 19 sees the same crossing
+    assert d.crossed(0.25) and float(d.progress) == pytest.approx(19 / 40)
+
+
+def test_vaease_reopens_latents_shut_on_the_whole_batch_only_at_a_crossing():
+    """`--reopen-every`: a latent with σ² ≈ 1 on every row restarts at σ² = sigma_init with a
+    decoder row along a badly reconstructed input's residual; open latents are untouched, and the
+    fresh columns are the same in a second run at the same step (they do not use the global RNG)."""
+    def shut_one(seed):
+        torch.manual_seed(seed)
+        d = Dictionary.create("vaease", d_in=6, d_latent=8, reopen_every=0.5, reopen_until=1.0)
+        with torch.no_grad():
+            d.b_sig[3] = 20.0  # σ² ≈ 1 for every input: latent 3 is shut
+        return d
+
+    x = torch.randn(64, 6)
+    d = shut_one(0)
+    d.set_progress(3, 10)  # no crossing of 0.5 in this step: nothing happens
+    d.loss(x)
+    d.after_step()
+    assert d.b_sig[3] == 20.0
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    d.set_progress(4, 10)  # this step ends at 0.5
+    d.loss(x)
+    d.after_step()
+    assert torch.sigmoid(d.b_sig[3]).item() == pytest.approx(d.cfg.sigma_init)
+    assert not torch.equal(d.W_dec[3], before["W_dec"][3]) and not torch.equal(d.W_enc[:, 3], before["W_enc"][:, 3])
+    others = [j for j in range(8) if j != 3]
+    torch.testing.assert_close(d.W_dec[others], before["W_dec"][others])
+    torch.testing.assert_close(d.W_enc[:, others], before["W_enc"][:, others])
+    e = shut_one(0)
+    torch.manual_seed(123)  # another global RNG state: the fresh columns do not depend on it
+    e.set_progress(4, 10)
+    e.loss(x)
+    e.after_step()
+    torch.testing.assert_close(e.W_enc, d.W_enc)
