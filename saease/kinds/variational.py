@@ -237,11 +237,13 @@ class VariationalDictionary(Dictionary):
             return
         enc = self.encoder_output(x)
         open_somewhere = self.sum_((enc.var <= 0.5).any(0).float())  # summed over processes
-        shut = (open_somewhere == 0).nonzero().flatten()[:len(x)]
+        shut = (open_somewhere == 0).nonzero().flatten()
         if len(shut) == 0:
             return
         resid = x - self.decode_scaled(self.code_from(enc))
-        rows = self.sum_(resid[resid.pow(2).sum(-1).topk(len(shut)).indices])  # the same on every process
+        worst = resid.pow(2).sum(-1).topk(min(len(shut), len(x))).indices
+        worst = worst[torch.arange(len(shut), device=x.device) % len(worst)]  # as many as shut latents
+        rows = self.sum_(resid[worst])  # the same on every process
         rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
         alive = torch.ones(c.d_latent, dtype=torch.bool, device=x.device)
         alive[shut] = False
