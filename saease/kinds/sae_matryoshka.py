@@ -37,8 +37,10 @@ class MatryoshkaSAE(BatchTopKSAE):
     Config = MatryoshkaConfig
 
     def reconstruction_loss(self, z, x):
-        """The prefixes' mean of ‖x − x̂_m‖² (x̂_m decodes the kept latents below m), and the whole code's."""
-        errors = [sq_err(z.decode(self.W_dec, self.b_dec, below=m), x).mean() for m in self.cfg.prefixes[:-1]]
-        x_hat = z.decode(self.W_dec, self.b_dec)
-        errors.append(sq_err(x_hat, x).mean())
+        """The prefixes' mean of ‖x − x̂_m‖² (x̂_m decodes the kept latents below m), and the whole
+        code's. Each range between prefix sizes is decoded once; x̂_m is the running sum."""
+        x_hat, errors = self.b_dec, []
+        for part in z.split_by_latent(self.cfg.prefixes[:-1]):
+            x_hat = x_hat + part.decode(self.W_dec)
+            errors.append(sq_err(x_hat, x).mean())
         return sum(errors) / len(errors), x_hat, errors[-1]

@@ -69,10 +69,24 @@ class SparseCode:
         offsets = torch.searchsorted(index // kappa, torch.arange(rows, device=acts.device))
         return cls(flat[index], index % kappa, offsets, (rows, kappa))
 
-    def decode(self, W_dec: Tensor, b_dec: Tensor, below: int | None = None) -> Tensor:
-        """Σ value · W_dec[latent] + b_dec per row (only latents < `below`, when given)."""
-        weights = self.values if below is None else self.values * (self.latents < below)
-        return F.embedding_bag(self.latents, W_dec, self.offsets, mode="sum", per_sample_weights=weights) + b_dec
+    def decode(self, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
+        """Σ value · W_dec[latent] (+ b_dec) per row, reading only the kept rows of W_dec."""
+        out = F.embedding_bag(self.latents, W_dec, self.offsets, mode="sum", per_sample_weights=self.values)
+        return out if b_dec is None else out + b_dec
+
+    def split_by_latent(self, boundaries: list[int]) -> list["SparseCode"]:
+        """The code cut into the latent ranges [0, b_1), [b_1, b_2), …, [b_n, κ): one SparseCode
+        each, so that each range is decoded once (Matryoshka's nested prefixes)."""
+        rows = self.shape[0]
+        row_of = torch.searchsorted(self.offsets, torch.arange(len(self.latents), device=self.latents.device),
+                                    right=True) - 1
+        group = torch.bucketize(self.latents, torch.tensor(boundaries, device=self.latents.device), right=True)
+        parts = []
+        for g in range(len(boundaries) + 1):
+            keep = (group == g).nonzero().squeeze(1)
+            offsets = torch.searchsorted(row_of[keep], torch.arange(rows, device=keep.device))
+            parts.append(SparseCode(self.values[keep], self.latents[keep], offsets, self.shape))
+        return parts
 
     def fired(self) -> Tensor:
         """[κ] bool: latents with a positive kept value in some row."""
