@@ -135,14 +135,20 @@ def test_table2_nonlinear_tiny_uses_the_residual_encoder(tmp_path, capsys):
             ("residual", 3, 24, 2)
 
 
-def test_superposition_tiny_reports_matched_re_and_recovery(tmp_path, capsys):
+def test_superposition_tiny_reports_matched_l0_and_re_and_recovery(tmp_path, capsys):
     s = script("superposition").main(["--n", "3000", "--d", "16", "--n-features", "32", "--epochs", "1",
                                       "--l1-lambdas", "0.01,0.1", "--log-lambdas", "0.01", "--topk-ks", "2,4",
                                       "--out", str(tmp_path / "sp")])
     assert len(s["grid"]) == 2 + 2 + 1 + 2
-    assert set(s["matched"]) == {"sae-l1", "sae-log", "sae-topk", "vae", "vaease"}
-    for r in s["matched"].values():
-        assert 0 <= r["recovery"] <= 1 + 1e-6 and 0 <= r["ad"] <= 32 and r["ad_error"] >= 0
-        assert r["true_count"] == pytest.approx(s["matched"]["vaease"]["true_count"])
+    for axis in ("matched_l0", "matched_re"):
+        assert set(s[axis]) == {"sae-l1", "sae-log", "sae-topk", "vae", "vaease"}
+        for r in s[axis].values():
+            assert 0 <= r["recovery"] <= 1 + 1e-6 and 0 <= r["ad"] <= 32 and r["ad_error"] >= 0
+            assert 0 <= r["l0"] <= 32
+            assert r["true_count"] == pytest.approx(s[axis]["vaease"]["true_count"])
+    # TopK's point at matched L0 is the k nearest VAEase's L0 (its L0 is k exactly)
+    target = s["matched_l0"]["vaease"]["l0"]
+    topk = [r for r in s["grid"] if r["kind"] == "sae-topk"]
+    assert s["matched_l0"]["sae-topk"] == min(topk, key=lambda r: abs(math.log(r["l0"] / target)))
     # Before any real training the decoder rows are random: recovery well below 1.
-    assert s["matched"]["vae"]["recovery"] < 0.9
+    assert s["matched_re"]["vae"]["recovery"] < 0.9
