@@ -307,3 +307,54 @@ def test_vaease_reopens_latents_shut_on_the_whole_batch_only_at_a_crossing():
     e.loss(x)
     e.after_step()
     torch.testing.assert_close(e.W_enc, d.W_enc)
+
+
+def test_vaease_reopens_only_latents_shut_since_the_previous_crossing():
+    """A latent open on a single row of the interval (a rare feature's) is not re-opened, even
+    when it is shut on the whole batch of the crossing step; `--reopen-after` sets the rows."""
+    torch.manual_seed(0)
+    d = Dictionary.create("vaease", d_in=6, d_latent=8, reopen_every=0.5, reopen_until=1.0)
+    with torch.no_grad():
+        d.b_sig[3] = 20.0  # latent 3 shut on every row
+        d.b_sig[5] = 20.0  # latent 5 too, except on one row of one batch (below)
+        d.W_sig[:, 5] = 0.0
+        d.W_sig[0, 5] = -100.0
+    x = torch.randn(64, 6)
+    x[:, 0] = torch.rand(64) * 0.1  # σ² of latent 5 ≈ 1 here ...
+    rare = x.clone()
+    rare[7, 0] = 1.0  # ... and open on this one row
+    for step, batch in enumerate([x, rare, x, x, x]):
+        d.set_progress(step, 10)
+        d.loss(batch)
+        if step < 4:
+            d.after_step()
+    assert int(d.rows_since_open[3]) == 5 * 64 and int(d.rows_since_open[5]) == 3 * 64
+    d.after_step()  # step 4 ends at 0.5: latent 3 re-opens, latent 5 (open at step 1) does not
+    assert torch.sigmoid(d.b_sig[3]).item() == pytest.approx(d.cfg.sigma_init) and d.b_sig[5] == 20.0
+    assert int(d.rows_since_open[3]) == 0 and int(d.rows_since_check) == 0
+    e = Dictionary.create("vaease", d_in=6, d_latent=8, reopen_every=0.5, reopen_until=1.0, reopen_after=10_000)
+    with torch.no_grad():
+        e.b_sig[3] = 20.0
+    e.set_progress(4, 10)
+    e.loss(x)
+    e.after_step()  # shut for 64 rows only: fewer than reopen_after
+    assert e.b_sig[3] == 20.0
+
+
+def test_vaease_saved_without_the_reopening_counters_still_loads(tmp_path):
+    """Dictionaries (and checkpoints) written before the counters existed load, with them at 0."""
+    from safetensors.torch import load_file, save_file
+
+    from saease.dictionary import FORMAT
+
+    d = Dictionary.create("vaease", d_in=6, d_latent=8, reopen_every=0.05)
+    d.rows_since_open.fill_(7)
+    folder = d.save(tmp_path / "d")
+    tensors = load_file(folder / "dictionary.safetensors")
+    assert int(tensors["rows_since_open"][0]) == 7  # saved with the dictionary
+    old = {k: v for k, v in tensors.items() if not k.startswith("rows_since_")}
+    save_file(old, folder / "dictionary.safetensors", metadata={"format": FORMAT})
+    e = Dictionary.load(folder)
+    assert int(e.rows_since_open.sum()) == 0 and int(e.rows_since_check) == 0
+    torch.testing.assert_close(e.W_dec, d.W_dec)
+    e.load_state_dict(old)  # strict, as a resumed checkpoint loads

@@ -83,6 +83,35 @@ def test_a_nan_stops_the_run_keeps_the_last_checkpoint_and_resume_finishes_it(st
     assert summary["re"] == uninterrupted[1]["re"]
 
 
+def test_a_resumed_run_re_opens_latents_as_an_uninterrupted_one(store, tmp_path, monkeypatch):
+    """`--reopen-every`: the rows each latent has been shut are saved with the checkpoint, so a
+    run stopped at step 10 and resumed re-opens the same latents at the same steps."""
+    # σ² starts (and restarts) at 0.9, shut: every latent is re-opened every few steps, one of
+    # them the step after the resume (34 steps, crossings of 0.1 every ~3.4)
+    knobs = {"reopen_every": 0.1, "reopen_until": 1.0, "kl_peak": 1.5, "kl_warmup": 0.0, "sigma_init": 0.9}
+    full = tmp_path / "full"
+    train(config(store, full, **knobs))
+    calls = {"n": 0}
+    real = VAEase.loss
+
+    def poisoned(self, x, generator=None):
+        terms = real(self, x, generator)
+        calls["n"] += 1
+        if calls["n"] == 13:
+            terms["mse"] = terms["mse"] * float("nan")
+        return terms
+
+    out = tmp_path / "d"
+    monkeypatch.setattr(VAEase, "loss", poisoned)
+    with pytest.raises(SaeaseError, match="loss became nan"):
+        train(config(store, out, **knobs))
+    monkeypatch.setattr(VAEase, "loss", real)
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 10
+    train(config(store, out, resume=str(out), **knobs))
+    assert_same_weights(out, full)
+    assert "rows_since_open" in Dictionary.load(out).state_dict()
+
+
 def test_a_killed_process_resumes_to_the_same_weights(store, tmp_path, uninterrupted):
     out = tmp_path / "d"
     args = [sys.executable, "-m", "saease.cli", "train", "--data", str(store.path), "--out", str(out),

@@ -6,8 +6,9 @@ Beyond the paper, all measured (docs/vaease.md):
 - the KL's weight warms up over the first 2% of training (`kl_warmup`, in variational.py), so
   the gates do not all shut before the decoder has learned a direction;
 - optionally (`--kl-peak 1.5 --reopen-every 0.05`, off by default) the KL then overshoots and
-  shut latents are re-opened: fewer overcounted subspaces, but on Zipfian data it wrecks rare
-  features, so it is not the default (docs/vaease.md);
+  latents shut on every row since the previous re-opening are re-opened: fewer overcounted
+  subspaces, but on Zipfian data the overshoot prunes rare features, so it is not the default
+  (docs/vaease.md);
 - the inference code is exact by default: latents outside the input's active set (the
   two-means split of log σ² that AD counts) are zero, so L0 = AD. The soft gate 1 − σ never
   reaches 0, which made L0 several times AD; the latents the split drops already have

@@ -37,8 +37,11 @@ class VariationalConfig(DictionaryConfig):
     kl_peak: float = knob(1.0, "the KL's weight β held right after the warm-up, before it returns to 1 "
                           "(1: no overshoot)")
     kl_peak_len: float = knob(0.05, "fraction of training β stays at kl_peak, and again to return to 1")
-    reopen_every: float = knob(0.0, "re-open the latents shut on the whole batch each time training "
-                               "crosses a multiple of this fraction (0: never)")
+    reopen_every: float = knob(0.0, "each time training crosses a multiple of this fraction, re-open "
+                               "the latents shut (σ² > 0.5) on every training row for `reopen_after` "
+                               "rows (0: never)")
+    reopen_after: int = knob(0, "training rows a latent must have been shut on, every row, before it is "
+                             "re-opened (0: all the rows since the previous multiple of reopen_every)")
     reopen_until: float = knob(0.5, "fraction of training after which latents are no longer re-opened")
 
     def __post_init__(self):
@@ -51,6 +54,8 @@ class VariationalConfig(DictionaryConfig):
             raise SaeaseError(f"--kl-warmup {self.kl_warmup}: expected a fraction of training in [0, 1]")
         if self.kl_peak <= 0:
             raise SaeaseError(f"--kl-peak {self.kl_peak}: expected a weight > 0")
+        if self.reopen_after < 0:
+            raise SaeaseError(f"--reopen-after {self.reopen_after}: expected a number of training rows ≥ 0")
         for name in ("kl_peak_len", "reopen_every", "reopen_until"):
             if not 0 <= getattr(self, name) <= 1 or (name == "kl_peak_len" and self.kl_peak_len == 0):
                 raise SaeaseError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a fraction "
@@ -140,6 +145,16 @@ class VariationalDictionary(Dictionary):
         nn.init.normal_(self.W_sig, std=0.01 / math.sqrt(self.W_sig.shape[0]))
         self.b_sig = nn.Parameter(torch.full((kappa,), math.log(cfg.sigma_init / (1 - cfg.sigma_init))))
         self.log_gamma = nn.Parameter(torch.tensor(float(cfg.log_gamma_init)), requires_grad=cfg.gamma == "learned")
+        # training rows since each latent was last open (σ² ≤ 0.5 on some row), and rows since the
+        # last re-opening check: saved, so a resumed run re-opens what an uninterrupted one would
+        self.register_buffer("rows_since_open", torch.zeros(kappa, dtype=torch.long))
+        self.register_buffer("rows_since_check", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # dictionaries and checkpoints written before the re-opening counters: start them at 0
+        for name in ("rows_since_open", "rows_since_check"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- encoding -------------------------------------------------------------------------
 
@@ -223,23 +238,27 @@ class VariationalDictionary(Dictionary):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Re-open shut latents each time training crosses a multiple of `reopen_every`, up to
-        `reopen_until`: a latent with σ² > 0.5 on every row of the last batch (of every process)
-        restarts as at initialisation — fresh head columns, σ² = sigma_init, its decoder row along
-        the residual of one of the batch's worst-reconstructed inputs — as SAE dead-latent
-        resampling does. A shut gate gets almost no gradient back, so without this a
-        direction the KL's overshoot (`kl_peak`) pruned would stay lost (docs/vaease.md)."""
+        """Re-open long-shut latents each time training crosses a multiple of `reopen_every`, up
+        to `reopen_until`: a latent shut (σ² > 0.5) on every training row of every process for
+        `reopen_after` rows — by default every row since the previous crossing, counted in `loss`
+        — restarts as at initialisation: fresh head columns, σ² = sigma_init, its decoder row
+        along the residual of one of the last batch's worst-reconstructed inputs, as SAE
+        dead-latent resampling does. A shut gate gets almost no gradient back, so without this a
+        direction the KL's overshoot (`kl_peak`) pruned would stay lost; a latent open on a
+        single row of the interval (a rare feature's) is left alone (docs/vaease.md)."""
         super().after_step()
         c = self.cfg
         x, self._last_x = getattr(self, "_last_x", None), None
         if (c.reopen_every <= 0 or x is None or self.progress_span[0] >= c.reopen_until
                 or not self.crossed(c.reopen_every)):
             return
-        enc = self.encoder_output(x)
-        open_somewhere = self.sum_((enc.var <= 0.5).any(0).float())  # summed over processes
-        shut = (open_somewhere == 0).nonzero().flatten()
+        threshold = c.reopen_after or int(self.rows_since_check)
+        self.rows_since_check.zero_()
+        shut = (self.rows_since_open >= max(threshold, 1)).nonzero().flatten()
         if len(shut) == 0:
             return
+        self.rows_since_open[shut] = 0
+        enc = self.encoder_output(x)
         resid = x - self.decode_scaled(self.code_from(enc))
         worst = resid.pow(2).sum(-1).topk(min(len(shut), len(x))).indices
         worst = worst[torch.arange(len(shut), device=x.device) % len(worst)]  # as many as shut latents
@@ -277,6 +296,7 @@ class VariationalDictionary(Dictionary):
             noise = torch.randn(pre.shape, generator=generator, device=x.device, dtype=pre.dtype)
             z, kl_sum = GaussianSample.apply(pre, s, noise, self.gate_is_one_minus_sigma)
             kl, fired = kl_sum / n, pre.detach().amax(0) > 0
+            open_ = s.detach().amin(0) <= 0 if self.cfg.reopen_every > 0 else None  # σ² ≤ 0.5 on some row
         else:
             enc = self.encoder_output(x)
             mu, std = self.mean(enc), enc.var.sqrt()
@@ -286,6 +306,12 @@ class VariationalDictionary(Dictionary):
             if gate is not None:
                 z = gate * z
             kl, fired = kl_divergence(mu, enc.var).mean(), mu.detach().amax(0) > 0
+            open_ = enc.var.detach().amin(0) <= 0.5 if self.cfg.reopen_every > 0 else None
+        if open_ is not None:  # the re-opening counters, over the global batch: one all-reduce
+            with torch.no_grad():
+                counts = self.sum_(torch.cat([open_.long(), torch.tensor([n], device=x.device)]))
+                self.rows_since_open.add_(counts[-1]).masked_fill_(counts[:-1] > 0, 0)
+                self.rows_since_check.add_(counts[-1])
         sq = sq_err(self.decode_scaled(z), x)
         gamma = self.gamma(sq)
         nll = gaussian_nll(sq, gamma, self.cfg.d_in).mean()
