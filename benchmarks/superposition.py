@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from saease.recipes.reproduce import LABELS, ORDER, fmt
 from saease.dictionary import Dictionary
 from saease.metrics import active_count
-from saease.store import holdout_mask, write_store
+from saease.store import write_store
 from saease.synth import superposition
 from saease.train.config import TrainConfig
 from saease.train.trainer import train
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     x, counts, directions = superposition(args.n, args.n_features, args.d, args.mean_active, seed=args.data_seed)
     store = write_store(out / "data", x, source={"synthetic": "superposition", "seed": args.data_seed},
                         n_active=counts)
-    test = holdout_mask(store.n_rows, 0.1, args.seed)
+    test = store.holdout_mask(0.1, args.seed)  # the rows the trainer holds out
     x_test, n_test = x[test], counts[test]
     print(f"superposition: n = {args.n}, d = {args.d}, {args.n_features} features, mean active "
           f"{args.mean_active} (held-out true count {n_test.double().mean():.2f}), κ = {args.n_features}, "
@@ -109,8 +109,9 @@ def main(argv=None) -> dict:
     started, grid = time.time(), []
     for kind, knob in runs:
         tag = kind + "".join(f"-{k}{v:g}" for k, v in knob.items())
-        model, _ = train(base.with_(kind=kind, out=str(out / tag), **knob))
-        row = {"kind": kind, "knob": knob, **score(model, x_test, n_test, directions)}
+        model, summary = train(base.with_(kind=kind, out=str(out / tag), **knob))
+        # the trainer's own RE on its held-out rows: the same rows as x_test, so the same number
+        row = {"kind": kind, "knob": knob, **score(model, x_test, n_test, directions), "trainer_re": summary["re"]}
         grid.append(row)
         print(f"  {LABELS[kind]:7s} {json.dumps(knob):18s} RE {fmt(row['re']):8s} AD {row['ad']:6.2f} "
               f"|AD − true| {row['ad_error']:5.2f}  recovery {row['recovery']:.3f}", flush=True)

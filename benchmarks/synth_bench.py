@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     from sae_lens.synthetic import SyntheticModel
 
-    from saease.store import holdout_mask, write_store
+    from saease.store import write_store
     from saease.train.config import TrainConfig
     from saease.train.trainer import train
 
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
     x, acts = model.sample_with_features(args.n)
     true_vectors = model.feature_dict.feature_vectors.detach()
     store = write_store(out / "data", x, source={"synthetic": "sae_lens.SyntheticModel", "seed": args.data_seed})
-    test = holdout_mask(store.n_rows, 0.1, args.seed)
+    test = store.holdout_mask(0.1, args.seed)  # the rows the trainer holds out
     x_test, acts_test, x_train = x[test], acts[test], x[~test]
     true_l0 = (acts_test > 0).double().sum(-1).mean().item()
     print(f"synth_bench: {args.n_features} features in d = {args.hidden_dim}, κ = {args.n_features}, "

@@ -5,7 +5,8 @@ Runs in the SAELens environment, like synth_bench.py:
 
     python benchmarks/synth_vaease.py '{}' '{"kl_peak": 1.5}' '{"reopen_every": 0.05}'
 
-Each argument is one run's VAEase knobs (JSON, the names of TrainConfig.flat); the data (drawn
+Each argument is one run's VAEase knobs (JSON, the names of TrainConfig.flat; `"kind"` trains
+another kind instead, e.g. '{"kind": "sae-batchtopk", "k": 11}' for a baseline); the data (drawn
 once, the same rows and held-out split as synth_bench.py's full size), training and scores
 (SAELens's EV, MCC, F1; saease's AD) are synth_bench.py's own. Ends with one JSON line.
 """
@@ -37,7 +38,7 @@ def main(argv=None) -> list[dict]:
     from sae_lens.synthetic import SyntheticModel
 
     import saease
-    from saease.store import holdout_mask, write_store
+    from saease.store import write_store
     from saease.train.config import TrainConfig
     from saease.train.trainer import train
 
@@ -52,7 +53,7 @@ def main(argv=None) -> list[dict]:
         x, acts = model.sample_with_features(args.n)
         true_vectors = model.feature_dict.feature_vectors.detach()
         store = write_store(out / "data", x, source={"synthetic": "sae_lens.SyntheticModel", "seed": args.data_seed})
-        test = holdout_mask(store.n_rows, 0.1, args.seed)
+        test = store.holdout_mask(0.1, args.seed)  # the rows the trainer holds out
         x_test, acts_test, x_train = x[test], acts[test], x[~test]
         steps = args.epochs * -(-len(x_train) // args.batch_size)
         base = TrainConfig.flat(data=str(store.path), d_latent=args.n_features, epochs=args.epochs,
@@ -62,14 +63,14 @@ def main(argv=None) -> list[dict]:
         for i, raw in enumerate(own.knobs):
             knob = json.loads(raw)
             t = time.time()
-            d, summary = train(base.with_(kind="vaease", out=str(out / f"run{i}"), **knob))
+            d, summary = train(base.with_(**{"kind": "vaease", **knob, "out": str(out / f"run{i}")}))
             with torch.no_grad():
                 codes = d.encode(x_test)
                 row = {"knob": knob, "ad": summary["ad"],
                        **synth_bench.score(codes, d.decode(codes), x_test, acts_test, d.W_dec.detach(), true_vectors),
                        "seconds": round(time.time() - t, 1)}
             rows.append(row)
-            print(f"  VAEase {json.dumps(knob):44s} L0 {row['l0']:6.2f}  AD {row['ad']:6.2f}  EV {row['ev']:.3f}  "
+            print(f"  {json.dumps(knob):51s} L0 {row['l0']:6.2f}  AD {row['ad']:6.2f}  EV {row['ev']:.3f}  "
                   f"MCC {row['mcc']:.3f}  F1 {row['f1']:.3f}  dead {row['dead']}  ({row['seconds']}s)", flush=True)
     print(json.dumps({"benchmark": "synth_vaease", "seed": args.seed, "runs": rows}))
     return rows

@@ -140,6 +140,8 @@ def test_superposition_tiny_reports_matched_l0_and_re_and_recovery(tmp_path, cap
                                       "--l1-lambdas", "0.01,0.1", "--log-lambdas", "0.01", "--topk-ks", "2,4",
                                       "--out", str(tmp_path / "sp")])
     assert len(s["grid"]) == 2 + 2 + 1 + 2
+    for r in s["grid"]:  # scored on exactly the rows the trainer held out
+        assert r["re"] == pytest.approx(r["trainer_re"], rel=1e-4)
     for axis in ("matched_l0", "matched_re"):
         assert set(s[axis]) == {"sae-l1", "sae-log", "sae-topk", "vae", "vaease"}
         for r in s[axis].values():
