@@ -70,7 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0, help="training seed (the held-out split too)")
-    p.add_argument("--data-seed", type=int, default=0, help="SyntheticModelConfig.seed and the sampling seed")
+    # Not 0: the generator draws its feature directions with torch.manual_seed(data seed), and a
+    # linear dictionary's first draw is W_dec = randn(κ, d) of the same shape, so with the
+    # trainer's default seed 0 every saease kind started with its decoder at the true features
+    # (measured: MCC 0.92–0.96 at seed 0 against 0.39–0.51 at seeds 1 and 2, for every kind).
+    p.add_argument("--data-seed", type=int, default=42,
+                   help="SyntheticModelConfig.seed and the sampling seed (SynthSAEBench-16k's own is 42)")
     p.add_argument("--kinds", default="all", help="comma-separated saease kinds besides vaease (default all)")
     p.add_argument("--no-saelens-train", action="store_true", help="skip SAELens's own BatchTopK")
     p.add_argument("--out", default=None, help="working folder (default: a temporary one)")
