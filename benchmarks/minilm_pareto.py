@@ -48,10 +48,16 @@ FAMILIES = ("sae-topk", "sae-batchtopk", "sae-jumprelu", "sae-matryoshka", "sae-
 def train_point(kind: str, store: str, out: Path, *, steps: int, batch_size: int, lr: float, d_latent: int,
                 seed: int, holdout: float, threads: int, **knobs) -> dict:
     """One dictionary through the real trainer; returns its held-out summary (re, l0, ad, EV, …)."""
+    from saease.store import ActivationStore
     from saease.train.config import TrainConfig
     from saease.train.trainer import train
 
-    cfg = TrainConfig.flat(data=str(store), out=str(out), kind=kind, d_latent=d_latent, epochs=10**6,
+    # Plan just enough epochs for `steps`: schedules (VAEase's KL warm-up) count progress against
+    # the epochs planned, and --max-steps only cuts the run short, so a huge --epochs would keep
+    # the warm-up from ever finishing.
+    n_train = int((~ActivationStore(store).holdout_mask(holdout, seed)).sum())
+    epochs = math.ceil(steps / math.ceil(n_train / batch_size))
+    cfg = TrainConfig.flat(data=str(store), out=str(out), kind=kind, d_latent=d_latent, epochs=epochs,
                            max_steps=steps, batch_size=batch_size, lr=lr, seed=seed, holdout=holdout,
                            progress=False, threads=threads, overwrite=True, checkpoint_every=0, **knobs)
     started = time.time()

@@ -102,3 +102,16 @@ def test_extract_minilm_rows_line_up(tmp_path):
     assert 1 <= pos.min() and pos.max() <= 30  # [CLS] (0) and [SEP] (31) rows are dropped
     with pytest.raises(SaeaseError, match="rows"):
         extract.extract(str(tmp_path / "t"), rows=10**9, max_files=1)
+
+
+def test_train_point_plans_the_epochs_its_steps_need(tmp_path):
+    """Schedules count against the epochs planned (--max-steps only cuts a run short), so the
+    benchmark's points plan just enough epochs for their steps: VAEase's KL warm-up finishes."""
+    store = write_store(tmp_path / "acts", torch.randn(1000, 6))
+    out = tmp_path / "d"
+    pareto.train_point("vaease", str(store.path), out, steps=25, batch_size=100, lr=1e-3, d_latent=8, seed=0,
+                       holdout=0.1, threads=1)
+    training = json.loads((out / "config.json").read_text())["training"]
+    steps_per_epoch = math.ceil(int((~store.holdout_mask(0.1, 0)).sum()) / 100)
+    assert training["max_steps"] == 25
+    assert (training["epochs"] - 1) * steps_per_epoch < 25 <= training["epochs"] * steps_per_epoch
