@@ -151,12 +151,25 @@ def train_saelens_batchtopk(x_train, k, args, d_latent):
             return SAE.load_from_disk(tmp), steps
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+
+def make_data(args, out: Path):
+    """(store, held-out mask, rows, true activations, true directions): the generator's rows,
+    drawn once and written as a store under `out`; the mask is the rows the trainer holds out."""
     from sae_lens.synthetic import SyntheticModel
 
     from saease.store import write_store
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SyntheticModel(synthetic_config(args))
+    torch.manual_seed(args.data_seed)
+    x, acts = model.sample_with_features(args.n)
+    store = write_store(out / "data", x, source={"synthetic": "sae_lens.SyntheticModel", "seed": args.data_seed})
+    return store, store.holdout_mask(0.1, args.seed), x, acts, model.feature_dict.feature_vectors.detach()
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     from saease.train.config import TrainConfig
     from saease.train.trainer import train
 
@@ -164,14 +177,7 @@ def main(argv=None) -> dict:
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="saease-synthbench-")
     out = Path(args.out or tmp.name)
     syn_cfg = synthetic_config(args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = SyntheticModel(syn_cfg)
-    torch.manual_seed(args.data_seed)
-    x, acts = model.sample_with_features(args.n)
-    true_vectors = model.feature_dict.feature_vectors.detach()
-    store = write_store(out / "data", x, source={"synthetic": "sae_lens.SyntheticModel", "seed": args.data_seed})
-    test = store.holdout_mask(0.1, args.seed)  # the rows the trainer holds out
+    store, test, x, acts, true_vectors = make_data(args, out)
     x_test, acts_test, x_train = x[test], acts[test], x[~test]
     true_l0 = (acts_test > 0).double().sum(-1).mean().item()
     print(f"synth_bench: {args.n_features} features in d = {args.hidden_dim}, κ = {args.n_features}, "

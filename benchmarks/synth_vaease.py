@@ -18,7 +18,6 @@ import json
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -35,10 +34,7 @@ def main(argv=None) -> list[dict]:
     own, rest = p.parse_known_args(argv)
     args = synth_bench.parse_args(rest + ["--seed", str(own.seed), "--threads", str(own.threads)])
     torch.set_num_threads(args.threads)
-    from sae_lens.synthetic import SyntheticModel
-
     import saease
-    from saease.store import write_store
     from saease.train.config import TrainConfig
     from saease.train.trainer import train
 
@@ -46,14 +42,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="saease-synthvaease-") as tmp:
         out = Path(tmp)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = SyntheticModel(synth_bench.synthetic_config(args))
-        torch.manual_seed(args.data_seed)
-        x, acts = model.sample_with_features(args.n)
-        true_vectors = model.feature_dict.feature_vectors.detach()
-        store = write_store(out / "data", x, source={"synthetic": "sae_lens.SyntheticModel", "seed": args.data_seed})
-        test = store.holdout_mask(0.1, args.seed)  # the rows the trainer holds out
+        store, test, x, acts, true_vectors = synth_bench.make_data(args, out)
         x_test, acts_test, x_train = x[test], acts[test], x[~test]
         steps = args.epochs * -(-len(x_train) // args.batch_size)
         base = TrainConfig.flat(data=str(store.path), d_latent=args.n_features, epochs=args.epochs,

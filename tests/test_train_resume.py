@@ -52,23 +52,28 @@ def uninterrupted(store, tmp_path_factory):
     return out, summary
 
 
-def test_a_nan_stops_the_run_keeps_the_last_checkpoint_and_resume_finishes_it(store, tmp_path, uninterrupted,
-                                                                              monkeypatch):
-    out = tmp_path / "d"
+def poison_at(step: int):
+    """VAEase.loss with a NaN loss at training step `step` (counting calls from 1)."""
     calls = {"n": 0}
     real = VAEase.loss
 
     def poisoned(self, x, generator=None):
         terms = real(self, x, generator)
         calls["n"] += 1
-        if calls["n"] == 13:
+        if calls["n"] == step:
             terms["mse"] = terms["mse"] * float("nan")
         return terms
 
-    monkeypatch.setattr(VAEase, "loss", poisoned)
+    return poisoned
+
+
+def test_a_nan_stops_the_run_keeps_the_last_checkpoint_and_resume_finishes_it(store, tmp_path, uninterrupted,
+                                                                              monkeypatch):
+    out = tmp_path / "d"
+    monkeypatch.setattr(VAEase, "loss", poison_at(13))
     with pytest.raises(SaeaseError, match=r"loss became nan at step 13.*checkpoint \(step 10\)"):
         train(config(store, out))
-    monkeypatch.setattr(VAEase, "loss", real)
+    monkeypatch.undo()  # the real loss again
     info = json.loads((out / "checkpoint.json").read_text())
     assert (info["step"], info["finished"]) == (10, False)
     assert not (out / "dictionary.safetensors").exists()
@@ -91,21 +96,11 @@ def test_a_resumed_run_re_opens_latents_as_an_uninterrupted_one(store, tmp_path,
     knobs = {"reopen_every": 0.1, "reopen_until": 1.0, "kl_peak": 1.5, "kl_warmup": 0.0, "sigma_init": 0.9}
     full = tmp_path / "full"
     train(config(store, full, **knobs))
-    calls = {"n": 0}
-    real = VAEase.loss
-
-    def poisoned(self, x, generator=None):
-        terms = real(self, x, generator)
-        calls["n"] += 1
-        if calls["n"] == 13:
-            terms["mse"] = terms["mse"] * float("nan")
-        return terms
-
     out = tmp_path / "d"
-    monkeypatch.setattr(VAEase, "loss", poisoned)
+    monkeypatch.setattr(VAEase, "loss", poison_at(13))
     with pytest.raises(SaeaseError, match="loss became nan"):
         train(config(store, out, **knobs))
-    monkeypatch.setattr(VAEase, "loss", real)
+    monkeypatch.undo()  # the real loss again
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 10
     train(config(store, out, resume=str(out), **knobs))
     assert_same_weights(out, full)
