@@ -192,6 +192,8 @@ class Dictionary(nn.Module):
     unit_norm_decoder: ClassVar[bool] = False
     # Whether the kind's loss works with an MLP decoder (decoder_layers > 1).
     supports_mlp_decoder: ClassVar[bool] = False
+    # Whether the loss follows a schedule over training (reads `progress` or `crossed`).
+    follows_schedule: ClassVar[bool] = False
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()

@@ -205,3 +205,19 @@ def test_threads_apply_to_the_run_only_and_max_steps_caps_it(tmp_path, monkeypat
     info = json.loads((tmp_path / "d" / "checkpoint.json").read_text())
     assert info["finished"] and info["step"] == 3
     assert math.isfinite(summary["re"])
+
+
+def test_max_steps_far_short_of_the_epochs_plan_warns_for_a_scheduled_kind(tmp_path):
+    """Schedules (VAEase's KL warm-up) count against the epochs planned: a --max-steps that ends
+    the run early is worth a warning for a kind with a schedule, and only for one."""
+    from saease.train import train
+
+    s = small_store(tmp_path / "s")
+    with pytest.warns(UserWarning, match=r"--max-steps 3 ends the run at \d+% .*lower --epochs"):
+        train(quick(s, tmp_path / "v", epochs=20, max_steps=3, threads=1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(quick(s, tmp_path / "t", kind="sae-topk", k=4, epochs=20, max_steps=3, threads=1))
+        train(quick(s, tmp_path / "w", epochs=1, max_steps=8, threads=1))  # 8 of the 9 steps planned

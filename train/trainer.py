@@ -19,6 +19,7 @@ import shlex
 import signal
 import threading
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -117,6 +118,11 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device) -> tuple[Di
         dict_cfg = config_from_dict(state["dictionary_config"], f"{cfg.resume} (checkpoint)")
         dict_cfg.training = {**dict_cfg.training, **cfg.flat_values()}
     model = Dictionary.build(dict_cfg).to(device).train()
+    if state is None and model.follows_schedule and total_steps < horizon / 2 and procs.main:
+        warnings.warn(f"--max-steps {cfg.max_steps} ends the run at {total_steps / horizon:.0%} of the "
+                      f"{horizon} steps that --epochs {cfg.epochs} plans, and {model.kind}'s schedule (its KL "
+                      f"warm-up) counts against the plan; to train for {total_steps} steps, lower --epochs",
+                      stacklevel=2)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cfg.t0, T_mult=cfg.t_mult)

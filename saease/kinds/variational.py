@@ -130,6 +130,7 @@ class VariationalDictionary(Dictionary):
     Config = VariationalConfig
     ad_from_variance = True
     supports_mlp_decoder = True
+    follows_schedule = True  # the KL's warm-up (and the option's overshoot and re-opening)
 
     def __init__(self, cfg):
         super().__init__(cfg)
