@@ -20,7 +20,7 @@ scale inside, while `W_dec`, `loss` and the `*_scaled` methods work in the scale
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, ClassVar, Literal, get_args
 
@@ -38,12 +38,15 @@ Encoder = Literal["text", "residual"]
 
 def record(doc: str):
     """A config field that records facts about a run (not a flag): source, training, metrics."""
-    return field(default_factory=dict, metadata={"help": doc, "cli": False})
+    return knob({}, doc, cli=False)
 
 
 def knob(default, doc: str, **metadata):
-    """A config field with its --help text."""
-    return field(default=default, metadata={"help": doc, **metadata})
+    """A dictionary config field with its --help text (saease.cli.option, which every command
+    config uses too)."""
+    from saease.cli import option
+
+    return option(default, doc, **metadata)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from saease.cli import option
 from saease.dictionary import DictionaryConfig, config_class, flag, kind_names, make_config
 from saease.errors import SaeaseError
 
@@ -26,8 +27,8 @@ DEFAULT_KIND = "vaease"
 
 
 def opt(default, doc: str, *, fixed: bool = False, **metadata):
-    """A TrainConfig field: its default, its --help text, and whether a resume must keep it."""
-    return field(default=default, metadata={"help": doc, "fixed": fixed, **metadata})
+    """A TrainConfig field: saease.cli.option, plus whether a resume must keep it."""
+    return option(default, doc, fixed=fixed, **metadata)
 
 
 @dataclass

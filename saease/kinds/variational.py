@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saease.dictionary import Dictionary, DictionaryConfig, EncoderOutput, knob, sq_err
+from saease.dictionary import Dictionary, DictionaryConfig, EncoderOutput, flag, knob, sq_err
 from saease.errors import SaeaseError
 
 MIN_VAR = 1e-7  # σ² is clamped at this, as in the authors' code
@@ -56,10 +56,11 @@ class VariationalConfig(DictionaryConfig):
             raise SaeaseError(f"--kl-peak {self.kl_peak}: expected a weight > 0")
         if self.reopen_after < 0:
             raise SaeaseError(f"--reopen-after {self.reopen_after}: expected a number of training rows ≥ 0")
-        for name in ("kl_peak_len", "reopen_every", "reopen_until"):
-            if not 0 <= getattr(self, name) <= 1 or (name == "kl_peak_len" and self.kl_peak_len == 0):
-                raise SaeaseError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a fraction "
-                                  f"of training in {'(0' if name == 'kl_peak_len' else '[0'}, 1]")
+        if not 0 < self.kl_peak_len <= 1:
+            raise SaeaseError(f"--kl-peak-len {self.kl_peak_len}: expected a fraction of training in (0, 1]")
+        for name in ("reopen_every", "reopen_until"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SaeaseError(f"--{flag(name)} {getattr(self, name)}: expected a fraction of training in [0, 1]")
 
     @property
     def deep_encoder(self) -> bool:
